@@ -1,0 +1,3 @@
+module spawner.dev/hack/pause
+
+go 1.24.0

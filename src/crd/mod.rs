@@ -1,0 +1,169 @@
+//! The `SessionLivedBackend` custom resource (`spawner.dev/v1`, short name `slab`).
+//!
+//! These Rust types are the single source of truth for the CRD: `cargo xtask manifests` renders
+//! [`crd()`] into `config/crd/`, and every binary deserializes objects through them. Doc comments
+//! on fields become the schema's descriptions, so they are written for `kubectl explain`.
+
+mod schema;
+mod status;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use kube::CustomResource;
+use kube::core::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use status::{Condition, ConditionType, Phase, SessionLivedBackendStatus};
+
+/// API group of every Spawner resource.
+pub const GROUP: &str = "spawner.dev";
+/// Field manager for every server-side apply made by Spawner's binaries.
+pub const FIELD_MANAGER: &str = "spawner";
+
+/// Default idle time allowed before a backend is swept (the original Spawner's default).
+pub const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 300;
+/// Default port the application listens on; it receives it as `PORT` too.
+pub const DEFAULT_HTTP_PORT: i32 = 8080;
+/// Default time a backend may take from creation to Ready before it is marked Failed.
+pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
+
+/// A session-lived backend: one pod serving one user, document or room over HTTP and
+/// WebSockets, swept once nobody has been connected to it for `gracePeriodSeconds`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "spawner.dev",
+    doc = "A session-lived backend: one pod for one user, document or room, reached through the reverse proxy and swept when idle.",
+    version = "v1",
+    kind = "SessionLivedBackend",
+    plural = "sessionlivedbackends",
+    shortname = "slab",
+    category = "spawner",
+    namespaced,
+    status = "SessionLivedBackendStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the backend is in its life"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the backend accepts connections"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","description":"Where browsers reach the backend (through the reverse proxy)"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1,"description":"Node the backend's pod runs on"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.maxLifetimeSeconds) || self.startupTimeoutSeconds <= self.maxLifetimeSeconds",
+        "message": "spec.startupTimeoutSeconds must not exceed spec.maxLifetimeSeconds",
+        "fieldPath": ".startupTimeoutSeconds",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!self.sidecar.inject || (self.httpPort != 9080 && self.httpPort != 9081)",
+        "message": "spec.httpPort must not be 9080 or 9081: the injected sidecar listens there",
+        "fieldPath": ".httpPort",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.sidecar.inject || self.auth.mode == 'None'",
+        "message": "spec.auth.mode must be None when spec.sidecar.inject is false: the sidecar is what checks the token",
+        "fieldPath": ".auth.mode",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct SessionLivedBackendSpec {
+    /// The pod that runs the application: containers, volumes, imagePullSecrets, resources,
+    /// node selection and the rest of a core/v1 PodSpec. The first container is the
+    /// application; it receives `PORT` set to `httpPort`. Fields not listed here are checked by
+    /// the API server when the pod is created; a pod it refuses makes the backend Failed with
+    /// the API server's message.
+    #[schemars(schema_with = "schema::pod_template")]
+    pub template: PodSpec,
+
+    /// Seconds a backend may stay with no live connection (no open WebSocket, no HTTP request in
+    /// flight) before it is swept. Counted from Ready when no one ever connected.
+    #[serde(default = "default_grace_period_seconds")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub grace_period_seconds: i64,
+
+    /// Port the application listens on inside the pod; it is passed as the `PORT` environment
+    /// variable of the first container.
+    #[serde(default = "default_http_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http_port: i32,
+
+    /// Seconds the backend may take from creation to Ready. Past it the backend is Failed
+    /// (reason `StartupTimeout`).
+    #[serde(default = "default_startup_timeout_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub startup_timeout_seconds: i64,
+
+    /// Hard limit on the backend's whole life in seconds, connected or not: once reached the
+    /// backend is deleted (Event `MaxLifetimeReached`). Unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub max_lifetime_seconds: Option<i64>,
+
+    /// The Spawner sidecar: a reverse proxy in front of the application that counts live
+    /// connections, checks the access token and tells the sweeper when the backend is idle.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+
+    /// Who may reach the backend's URL.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+/// Whether and how the sidecar is injected.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Inject the sidecar (default). Without it the backend is never swept for idleness (only
+    /// `maxLifetimeSeconds` ends it), readiness is the application's own, and auth must be None.
+    #[serde(default = "default_true")]
+    pub inject: bool,
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        Self { inject: true }
+    }
+}
+
+/// Access control of the backend's URL.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `Token` (default): a random per-backend token, kept in a Secret named after the backend,
+    /// must come with every request (`Authorization: Bearer`, `?token=` or the cookie that
+    /// `?token=` sets). `None`: anyone who can reach the reverse proxy can use the backend.
+    #[serde(default)]
+    pub mode: AuthMode,
+}
+
+/// How requests to a backend are authenticated.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AuthMode {
+    /// A per-backend secret token is required.
+    #[default]
+    Token,
+    /// No authentication.
+    None,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_grace_period_seconds() -> i64 {
+    DEFAULT_GRACE_PERIOD_SECONDS
+}
+fn default_http_port() -> i32 {
+    DEFAULT_HTTP_PORT
+}
+fn default_startup_timeout_seconds() -> i64 {
+    DEFAULT_STARTUP_TIMEOUT_SECONDS
+}
+
+/// The CustomResourceDefinition as applied to clusters.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    SessionLivedBackend::crd()
+}
+
+#[cfg(test)]
+mod tests;

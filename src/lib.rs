@@ -1,0 +1,43 @@
+//! Spawner: session-lived backends on Kubernetes.
+//!
+//! A web application asks for a [`crd::SessionLivedBackend`]; the controller
+//! ([`controllers`]) turns it into a pod with the [`sidecar`] injected and a Service; the
+//! [`sweeper`] on each node follows the sidecars' event streams and deletes backends that have
+//! been idle for their grace period. See the README for the whole picture.
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod rbac;
+pub mod controllers;
+pub mod sidecar;
+pub mod sweeper;
+
+/// Names shared by the manifests and the binaries.
+pub mod names {
+    /// Namespace Spawner's own workloads run in.
+    pub const SYSTEM_NAMESPACE: &str = "spawner-system";
+    /// ServiceAccount of the controller.
+    pub const CONTROLLER: &str = "spawner-controller";
+    /// ServiceAccount of the sweeper DaemonSet.
+    pub const SWEEPER: &str = "spawner-sweeper";
+    /// The reverse proxy (nginx) in front of every backend.
+    pub const PROXY: &str = "spawner-proxy";
+    /// Name of the injected sidecar container.
+    pub const SIDECAR_CONTAINER: &str = "spawner-sidecar";
+    /// Port the sidecar proxies on; the backend's Service targets it.
+    pub const SIDECAR_PROXY_PORT: u16 = 9080;
+    /// Port of the sidecar's event stream, health and metrics; never routed by the Service.
+    pub const SIDECAR_ADMIN_PORT: u16 = 9081;
+    /// Label every object Spawner makes carries.
+    pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "spawner";
+    /// Label naming the backend a pod, Service or Secret belongs to.
+    pub const BACKEND_LABEL: &str = "spawner.dev/backend";
+    /// Version of the images `config/default` references.
+    pub const IMAGE_TAG: &str = "0.1.0";
+    /// Image of a Spawner component as `config/default` references it (and as
+    /// `cargo xtask images` builds it).
+    pub fn image(component: &str) -> String {
+        format!("localhost/spawner/{component}:{IMAGE_TAG}")
+    }
+}

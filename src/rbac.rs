@@ -1,0 +1,69 @@
+//! The Kubernetes API access each binary needs, declared once.
+//!
+//! `cargo xtask manifests` turns these tables into ClusterRoles, Roles and bindings, and the
+//! RBAC integration test impersonates each ServiceAccount to prove every listed verb is allowed
+//! and an unlisted one is refused. Change a binary's API use here, nowhere else.
+
+/// Where a permission applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// In every namespace (a ClusterRole bound by a ClusterRoleBinding).
+    Cluster,
+    /// Only in Spawner's own namespace (a Role bound by a RoleBinding).
+    SystemNamespace,
+}
+
+/// Some verbs on one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permission {
+    /// API group; "" is the core group.
+    pub group: &'static str,
+    /// Plural resource name, with `/subresource` where it applies.
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub scope: Scope,
+}
+
+const fn cluster(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Permission {
+    Permission { group, resource, verbs, scope: Scope::Cluster }
+}
+
+/// The controller: reconciles backends into Pods, Services and token Secrets, writes status and
+/// Events, deletes backends past their lifetime, and holds the leader Lease.
+pub const CONTROLLER: &[Permission] = &[
+    cluster("spawner.dev", "sessionlivedbackends", &["get", "list", "watch", "delete"]),
+    cluster("spawner.dev", "sessionlivedbackends/status", &["get", "patch"]),
+    cluster("", "pods", &["get", "list", "watch", "create", "patch", "delete"]),
+    cluster("", "services", &["get", "list", "watch", "create", "patch"]),
+    // Token Secrets are written, never listed or watched: the controller cannot read other
+    // Secrets in bulk.
+    cluster("", "secrets", &["get", "create", "patch"]),
+    cluster("events.k8s.io", "events", &["create", "patch"]),
+    Permission {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update"],
+        scope: Scope::SystemNamespace,
+    },
+];
+
+/// The sweeper: watches the backend pods on its node and deletes idle backends.
+pub const SWEEPER: &[Permission] = &[
+    cluster("", "pods", &["list", "watch"]),
+    cluster("spawner.dev", "sessionlivedbackends", &["get", "delete"]),
+    cluster("events.k8s.io", "events", &["create", "patch"]),
+];
+
+/// A binary that talks to the API server, with its ServiceAccount and permissions.
+#[derive(Clone, Copy, Debug)]
+pub struct Role {
+    /// ServiceAccount, Role and ClusterRole name.
+    pub name: &'static str,
+    pub permissions: &'static [Permission],
+}
+
+/// Every ServiceAccount Spawner runs as.
+pub const ROLES: &[Role] = &[
+    Role { name: crate::names::CONTROLLER, permissions: CONTROLLER },
+    Role { name: crate::names::SWEEPER, permissions: SWEEPER },
+];

@@ -1,0 +1,3 @@
+//! The sidecar: a WebSocket-aware reverse proxy in every backend pod (see the README).
+
+pub mod event;

@@ -1,0 +1,260 @@
+//! Builds container images without Docker or a registry: a single-layer OCI image from a list of
+//! local files, written as an OCI image-layout tar (`oci-layout`, `index.json`, `blobs/sha256/*`
+//! with the config, the manifest and a gzip layer). It also carries a Docker-style
+//! `manifest.json`, so the same tar loads with `ctr -n k8s.io images import`, `docker load` and
+//! `kind load image-archive`.
+//!
+//! The output is reproducible: fixed timestamps, uid/gid 0, sorted entries, so the same inputs
+//! give the same image digest.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// What goes into an image.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSpec {
+    /// Full reference, e.g. `spawner.local/controller:dev`.
+    pub name_tag: String,
+    /// (file on this machine, absolute path inside the image, mode e.g. 0o755).
+    pub files: Vec<(PathBuf, String, u32)>,
+    /// Extra empty directories (absolute path in the image, mode), e.g. `("/tmp", 0o1777)`.
+    pub dirs: Vec<(String, u32)>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `uid[:gid]` (numeric: the image has no /etc/passwd unless you add one).
+    pub user: String,
+    /// `KEY=value`; `PATH=/usr/local/bin:/usr/bin:/bin` is added when no PATH is given.
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub exposed_ports: Vec<u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Builds a one-layer image from `files` ((source, destination in the image, mode)) and writes it
+/// to `~/.cache/spawner/images/<name>.tar`; returns that path.
+pub fn build_image(name_tag: &str, files: &[(&Path, &str, u32)], entrypoint: &[&str], user: &str) -> Result<PathBuf> {
+    let spec = ImageSpec {
+        name_tag: name_tag.to_string(),
+        files: files.iter().map(|(s, d, m)| (s.to_path_buf(), d.to_string(), *m)).collect(),
+        entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+        user: user.to_string(),
+        ..Default::default()
+    };
+    let file_name: String = name_tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    let out = crate::cluster::cache_root()?.join("images").join(format!("{file_name}.tar"));
+    build_image_to(&spec, &out)
+}
+
+/// Builds the image described by `spec` into the OCI-layout tar `out`; returns `out`.
+pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<PathBuf> {
+    let (repo, tag) = split_ref(&spec.name_tag)?;
+    let layer_tar = layer(spec)?;
+    let diff_id = sha256_hex(&layer_tar);
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
+    gz.write_all(&layer_tar)?;
+    let layer_gz = gz.finish()?;
+    let layer_digest = sha256_hex(&layer_gz);
+
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, "PATH=/usr/local/bin:/usr/bin:/bin".to_string());
+    }
+    let mut config = serde_json::json!({
+        "Env": env,
+        "Entrypoint": spec.entrypoint,
+        "User": spec.user,
+    });
+    if !spec.cmd.is_empty() {
+        config["Cmd"] = serde_json::json!(spec.cmd);
+    }
+    if !spec.workdir.is_empty() {
+        config["WorkingDir"] = serde_json::json!(spec.workdir);
+    }
+    if !spec.exposed_ports.is_empty() {
+        let ports: serde_json::Map<String, serde_json::Value> =
+            spec.exposed_ports.iter().map(|p| (format!("{p}/tcp"), serde_json::json!({}))).collect();
+        config["ExposedPorts"] = serde_json::Value::Object(ports);
+    }
+    if !spec.labels.is_empty() {
+        config["Labels"] = serde_json::json!(spec.labels);
+    }
+    let config_blob = serde_json::to_vec(&serde_json::json!({
+        "created": "1970-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "spawner xtask oci::build_image" }],
+    }))?;
+    let config_digest = sha256_hex(&config_blob);
+    let manifest_blob = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"),
+            "size": config_blob.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer_gz.len(),
+        }],
+    }))?;
+    let manifest_digest = sha256_hex(&manifest_blob);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest_blob.len(),
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": {
+                "io.containerd.image.name": format!("{repo}:{tag}"),
+                "org.opencontainers.image.ref.name": tag,
+            },
+        }],
+    }))?;
+    let docker_manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": format!("blobs/sha256/{config_digest}"),
+        "RepoTags": [format!("{repo}:{tag}")],
+        "Layers": [format!("blobs/sha256/{layer_digest}")],
+    }]))?;
+
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = out.with_extension("tar.tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    append_dir(&mut tar, "blobs/", 0o755)?;
+    append_dir(&mut tar, "blobs/sha256/", 0o755)?;
+    append(&mut tar, &format!("blobs/sha256/{config_digest}"), &config_blob, 0o644)?;
+    append(&mut tar, &format!("blobs/sha256/{layer_digest}"), &layer_gz, 0o644)?;
+    append(&mut tar, &format!("blobs/sha256/{manifest_digest}"), &manifest_blob, 0o644)?;
+    append(&mut tar, "index.json", &index, 0o644)?;
+    append(&mut tar, "manifest.json", &docker_manifest, 0o644)?;
+    append(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
+    tar.into_inner()?.flush()?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out.to_path_buf())
+}
+
+/// `registry/repo:tag` -> (`registry/repo`, `tag`); the tag defaults to `latest`.
+fn split_ref(name_tag: &str) -> Result<(String, String)> {
+    if name_tag.is_empty() || name_tag.contains('@') {
+        bail!("image name {name_tag:?}: want repo[:tag] without digest");
+    }
+    let last_slash = name_tag.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match name_tag[last_slash..].rfind(':') {
+        Some(i) => Ok((name_tag[..last_slash + i].to_string(), name_tag[last_slash + i + 1..].to_string())),
+        None => Ok((name_tag.to_string(), "latest".to_string())),
+    }
+}
+
+/// The uncompressed layer: parent directories (0755), `dirs`, then `files`, sorted by path.
+fn layer(spec: &ImageSpec) -> Result<Vec<u8>> {
+    // path in image (relative, no leading '/') -> (Some(source) or None for a directory, mode)
+    let mut entries: BTreeMap<String, (Option<PathBuf>, u32)> = BTreeMap::new();
+    let mut add_parents = |entries: &mut BTreeMap<String, (Option<PathBuf>, u32)>, path: &str| {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            acc += part;
+            acc += "/";
+            entries.entry(acc.clone()).or_insert((None, 0o755));
+        }
+    };
+    for (dir, mode) in &spec.dirs {
+        let rel = format!("{}/", dir.trim_matches('/'));
+        if rel == "/" {
+            bail!("image dir {dir:?}: not a path");
+        }
+        add_parents(&mut entries, &rel);
+        entries.insert(rel, (None, *mode));
+    }
+    for (src, dest, mode) in &spec.files {
+        let rel = dest.trim_start_matches('/').to_string();
+        if rel.is_empty() || rel.ends_with('/') {
+            bail!("image file destination {dest:?}: want a file path");
+        }
+        if !src.is_file() {
+            bail!("image {}: {} is not a file", spec.name_tag, src.display());
+        }
+        add_parents(&mut entries, &rel);
+        entries.insert(rel, (Some(src.clone()), *mode));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, (src, mode)) in &entries {
+        match src {
+            None => append_dir(&mut tar, path, *mode)?,
+            Some(src) => {
+                let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+                append(&mut tar, path, &data, *mode)?;
+            }
+        }
+    }
+    Ok(tar.into_inner()?)
+}
+
+fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+fn append<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8], mode: u32) -> Result<()> {
+    let mut h = header(tar::EntryType::Regular, data.len() as u64, mode);
+    tar.append_data(&mut h, path, data).with_context(|| format!("adding {path} to the image tar"))
+}
+
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str, mode: u32) -> Result<()> {
+    let mut h = header(tar::EntryType::Directory, 0, mode);
+    tar.append_data(&mut h, path, std::io::empty()).with_context(|| format!("adding {path} to the image tar"))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_references() {
+        assert_eq!(split_ref("spawner.local/pause:3.10").unwrap(), ("spawner.local/pause".into(), "3.10".into()));
+        assert_eq!(split_ref("localhost:5000/x").unwrap(), ("localhost:5000/x".into(), "latest".into()));
+        assert_eq!(split_ref("busy").unwrap(), ("busy".into(), "latest".into()));
+    }
+
+    #[test]
+    fn reproducible() {
+        let dir = std::env::temp_dir().join(format!("oci-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("hello");
+        std::fs::write(&src, b"#!/bin/true\n").unwrap();
+        let spec = ImageSpec {
+            name_tag: "spawner.local/test:1".into(),
+            files: vec![(src.clone(), "/usr/bin/hello".into(), 0o755)],
+            dirs: vec![("/tmp".into(), 0o1777)],
+            entrypoint: vec!["/usr/bin/hello".into()],
+            user: "65534".into(),
+            ..Default::default()
+        };
+        let a = build_image_to(&spec, &dir.join("a.tar")).unwrap();
+        let b = build_image_to(&spec, &dir.join("b.tar")).unwrap();
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
