@@ -161,7 +161,7 @@ fn split_ref(name_tag: &str) -> Result<(String, String)> {
 fn layer(spec: &ImageSpec) -> Result<Vec<u8>> {
     // path in image (relative, no leading '/') -> (Some(source) or None for a directory, mode)
     let mut entries: BTreeMap<String, (Option<PathBuf>, u32)> = BTreeMap::new();
-    let mut add_parents = |entries: &mut BTreeMap<String, (Option<PathBuf>, u32)>, path: &str| {
+    let add_parents = |entries: &mut BTreeMap<String, (Option<PathBuf>, u32)>, path: &str| {
         let mut acc = String::new();
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         for part in &parts[..parts.len().saturating_sub(1)] {

@@ -51,6 +51,12 @@ pub fn kube_binaries() -> Result<Bins> {
     Ok(Bins { dir })
 }
 
+/// The Kubernetes binaries if they are all built already (never builds).
+pub fn kube_binaries_if_built() -> Result<Bins> {
+    let dir = cache_root()?.join("kube").join(KUBE_VERSION).join("bin");
+    if KUBE_COMMANDS.iter().all(|c| dir.join(c).exists()) { Ok(Bins { dir }) } else { bail!("not built") }
+}
+
 fn kube_ldflags() -> String {
     let mut ld = String::from("-s -w");
     let minor = KUBE_VERSION.trim_start_matches('v').split('.').nth(1).unwrap_or("0");

@@ -1,0 +1,261 @@
+//! The backend's Pod: the application from `spec.template`, plus the injected sidecar.
+//!
+//! [`build_pod`] is a pure function of the backend and the controller's settings, so the whole
+//! pod is tested without a cluster and the reconciler only has to apply it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSpec, Probe, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{AuthMode, SessionLivedBackend};
+use crate::names;
+
+/// Directory the token Secret is mounted at in the sidecar.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/spawner/token";
+/// Name of the pod volume holding the token Secret.
+const TOKEN_VOLUME: &str = "spawner-token";
+/// Non-root uid of the sidecar (distroless "nonroot").
+const SIDECAR_UID: i64 = 65532;
+
+/// What the controller needs to know to inject the sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarConfig {
+    /// Image of the sidecar container.
+    pub image: String,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self { image: names::image("sidecar") }
+    }
+}
+
+/// Labels of every object made for `backend` (the Service selects pods by them).
+pub fn labels(backend: &SessionLivedBackend) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (names::MANAGED_BY_LABEL.to_string(), names::MANAGED_BY_VALUE.to_string()),
+        (names::BACKEND_LABEL.to_string(), backend.name_any()),
+    ])
+}
+
+/// Metadata of a child object: the backend's name, namespace, labels and a controller owner
+/// reference (so garbage collection removes the child with the backend).
+pub fn child_meta(backend: &SessionLivedBackend) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(backend.name_any()),
+        namespace: backend.namespace(),
+        labels: Some(labels(backend)),
+        // `controller_owner_ref` sets controller=true and blockOwnerDeletion=true.
+        owner_references: backend.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Pod of `backend`. Applied once; later spec changes do not touch a running pod (pods are
+/// immutable, and a backend's process is its session).
+pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod {
+    let spec = &backend.spec;
+    let mut template: PodSpec = spec.template.clone();
+    // A backend that dies is over: its session state is gone, so it is never restarted.
+    template.restart_policy = Some("Never".to_string());
+
+    if let Some(app) = template.containers.first_mut() {
+        let env = app.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != "PORT");
+        env.push(env_var("PORT", spec.http_port.to_string()));
+    }
+
+    if spec.sidecar.inject {
+        let token = spec.auth.mode == AuthMode::Token;
+        template.containers.push(sidecar_container(spec.http_port, token, sidecar));
+        if token {
+            template.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: TOKEN_VOLUME.to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(backend.name_any()),
+                    // Mounted into the sidecar only, which runs as a uid that does not own the files.
+                    default_mode: Some(0o444),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+    }
+
+    Pod { metadata: child_meta(backend), spec: Some(template), status: None }
+}
+
+fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Container {
+    let mut env = vec![env_var("SPAWNER_APP_PORT", app_port.to_string())];
+    let mut volume_mounts = None;
+    if token {
+        env.push(env_var("SPAWNER_TOKEN_FILE", format!("{TOKEN_MOUNT_PATH}/{}", crate::controllers::secret::TOKEN_KEY)));
+        volume_mounts = Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.to_string(),
+            mount_path: TOKEN_MOUNT_PATH.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]);
+    }
+    Container {
+        name: names::SIDECAR_CONTAINER.to_string(),
+        image: Some(config.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        env: Some(env),
+        ports: Some(vec![
+            port("proxy", names::SIDECAR_PROXY_PORT),
+            port("admin", names::SIDECAR_ADMIN_PORT),
+        ]),
+        readiness_probe: Some(admin_probe("/readyz", 1)),
+        liveness_probe: Some(admin_probe("/healthz", 10)),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_UID),
+            run_as_group: Some(SIDECAR_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
+            ..SecurityContext::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".to_string())),
+                ("memory".to_string(), Quantity("16Mi".to_string())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".to_string()))])),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts,
+        ..Container::default()
+    }
+}
+
+fn admin_probe(path: &str, period_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(names::SIDECAR_ADMIN_PORT.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        // A readiness probe that fails once should not flap the backend to not-Ready; the
+        // liveness probe restarts nothing (restartPolicy Never) but marks a wedged sidecar.
+        failure_threshold: Some(3),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn env_var(name: &str, value: String) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value), value_from: None }
+}
+
+fn port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: number.into(),
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::fixtures::BackendExt;
+
+    fn sidecar(pod: &Pod) -> Option<&Container> {
+        pod.spec.as_ref()?.containers.iter().find(|c| c.name == names::SIDECAR_CONTAINER)
+    }
+
+    fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env.as_ref()?.iter().find(|e| e.name == name)?.value.as_deref()
+    }
+
+    #[test]
+    fn the_pod_carries_the_backends_name_labels_and_controller_owner_reference() {
+        let backend = SessionLivedBackend::test();
+        let pod = build_pod(&backend, &SidecarConfig::default());
+        assert_eq!(pod.metadata.name.as_deref(), Some("game"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("room"));
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels[names::MANAGED_BY_LABEL], "spawner");
+        assert_eq!(labels[names::BACKEND_LABEL], "game");
+        let owner = &pod.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "SessionLivedBackend");
+        assert_eq!(owner.uid, "uid-game");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(owner.block_owner_deletion, Some(true));
+    }
+
+    #[test]
+    fn the_app_gets_port_and_the_pod_never_restarts() {
+        let pod = build_pod(&SessionLivedBackend::test().http_port(3000), &SidecarConfig::default());
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.containers[0].name, "app");
+        assert_eq!(env(&spec.containers[0], "PORT"), Some("3000"));
+    }
+
+    #[test]
+    fn a_port_set_by_the_user_is_replaced_not_duplicated() {
+        let mut backend = SessionLivedBackend::test();
+        backend.spec.template.containers[0].env = Some(vec![env_var("PORT", "1".into()), env_var("X", "y".into())]);
+        let pod = build_pod(&backend, &SidecarConfig::default());
+        let app_env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        assert_eq!(app_env.iter().filter(|e| e.name == "PORT").count(), 1);
+        assert!(app_env.iter().any(|e| e.name == "X"));
+    }
+
+    #[test]
+    fn the_sidecar_is_injected_hardened_and_probed_on_its_admin_port() {
+        let config = SidecarConfig { image: "example/sidecar:1".into() };
+        let pod = build_pod(&SessionLivedBackend::test().auth_none(), &config);
+        let sidecar = sidecar(&pod).expect("sidecar injected");
+        assert_eq!(sidecar.image.as_deref(), Some("example/sidecar:1"));
+        assert_eq!(env(sidecar, "SPAWNER_APP_PORT"), Some("8080"));
+        assert_eq!(env(sidecar, "SPAWNER_TOKEN_FILE"), None);
+        let ports: Vec<i32> = sidecar.ports.as_ref().unwrap().iter().map(|p| p.container_port).collect();
+        assert_eq!(ports, vec![9080, 9081]);
+        let readiness = sidecar.readiness_probe.as_ref().unwrap();
+        let get = readiness.http_get.as_ref().unwrap();
+        assert_eq!((get.path.as_deref(), &get.port), (Some("/readyz"), &IntOrString::Int(9081)));
+        assert_eq!(readiness.period_seconds, Some(1));
+        let liveness = sidecar.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(liveness.path.as_deref(), Some("/healthz"));
+        let security = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_user, Some(65532));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert!(pod.spec.unwrap().volumes.is_none(), "no token volume without auth");
+    }
+
+    #[test]
+    fn with_token_auth_the_sidecar_reads_the_token_from_the_mounted_secret() {
+        let pod = build_pod(&SessionLivedBackend::test(), &SidecarConfig::default());
+        let sidecar = sidecar(&pod).unwrap();
+        assert_eq!(env(sidecar, "SPAWNER_TOKEN_FILE"), Some("/var/run/secrets/spawner/token/token"));
+        let mount = &sidecar.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (TOKEN_MOUNT_PATH, Some(true)));
+        let volumes = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let secret = volumes.iter().find(|v| v.name == mount.name).unwrap().secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("game"));
+        let app = &pod.spec.as_ref().unwrap().containers[0];
+        assert!(app.volume_mounts.is_none(), "the app never sees the token");
+    }
+
+    #[test]
+    fn without_the_sidecar_the_pod_is_the_template_plus_port() {
+        let pod = build_pod(&SessionLivedBackend::test().without_sidecar(), &SidecarConfig::default());
+        assert!(sidecar(&pod).is_none());
+        assert_eq!(pod.spec.unwrap().containers.len(), 1);
+    }
+}

@@ -1,0 +1,223 @@
+//! The generated manifests against a real kube-apiserver: the CRD is accepted, admission
+//! rejects bad specs naming the field, config/default passes server-side dry-run, the generated
+//! RBAC is what binds, and garbage collection of owned objects works.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::runtime::wait::conditions;
+use spawner::crd::SessionLivedBackend;
+use spawner::names::SYSTEM_NAMESPACE;
+use support::TestEnv;
+
+fn dry_run() -> PostParams {
+    PostParams { dry_run: true, ..Default::default() }
+}
+
+fn backend_from_yaml(yaml: &str) -> SessionLivedBackend {
+    serde_yaml::from_str(yaml).expect("test manifest parses")
+}
+
+async fn admission_error(env: &TestEnv, manifest: serde_json::Value) -> String {
+    // Sent as raw JSON so invalid values reach the API server as written.
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &kube::api::ApiResource::erase::<SessionLivedBackend>(&()),
+    );
+    let obj: kube::api::DynamicObject = serde_json::from_value(manifest).unwrap();
+    match api.create(&dry_run(), &obj).await {
+        Ok(_) => panic!("the API server accepted an invalid backend"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn backend_json(spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "spawner.dev/v1",
+        "kind": "SessionLivedBackend",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    })
+}
+
+fn app() -> serde_json::Value {
+    serde_json::json!({"containers": [{"name": "application", "image": "example/app"}]})
+}
+
+#[tokio::test]
+async fn the_original_demo_is_accepted_and_bad_specs_are_rejected_naming_the_field() {
+    let env = TestEnv::new("admission").await;
+    support::install_crd(&env.client).await;
+
+    let demo = backend_from_yaml(include_str!("fixtures/original-demo.yaml"));
+    let created = env.api::<SessionLivedBackend>().create(&dry_run(), &demo).await.expect("original demo accepted");
+    assert_eq!(created.spec.grace_period_seconds, 300);
+    assert_eq!(created.spec.http_port, 8080, "defaults are applied by the API server");
+
+    let cases = [
+        (serde_json::json!({"template": app(), "gracePeriodSeconds": -5}), "spec.gracePeriodSeconds"),
+        (serde_json::json!({"template": app(), "httpPort": 0}), "spec.httpPort"),
+        (serde_json::json!({"template": {"containers": []}}), "spec.template.containers"),
+        (serde_json::json!({"template": {}}), "spec.template.containers"),
+        (serde_json::json!({"template": app(), "httpPort": 9080}), "spec.httpPort"),
+        (
+            serde_json::json!({"template": app(), "startupTimeoutSeconds": 600, "maxLifetimeSeconds": 60}),
+            "spec.startupTimeoutSeconds",
+        ),
+        (serde_json::json!({"template": app(), "auth": {"mode": "Sometimes"}}), "spec.auth.mode"),
+        (
+            serde_json::json!({"template": app(), "sidecar": {"inject": false}}),
+            "spec.auth.mode",
+        ),
+        (
+            serde_json::json!({"template": {"containers": [{"name": "spawner-sidecar", "image": "x"}]}}),
+            "spec.template.containers",
+        ),
+    ];
+    for (spec, field) in cases {
+        let message = admission_error(&env, backend_json(spec.clone())).await;
+        assert!(message.contains(field), "rejection of {spec} does not name {field}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn config_default_passes_server_side_dry_run() {
+    let env = TestEnv::new("dry-run").await;
+    support::install_crd(&env.client).await;
+    // The namespace must exist for a server-side dry run of the objects in it.
+    env.kubectl(&["apply", "-f", "config/default/namespace.yaml"]);
+    let out = std::process::Command::new("kubectl")
+        .args(["apply", "--dry-run=server", "-k", "config/default"])
+        .current_dir(support::repo_root())
+        .env("KUBECONFIG", support::kubeconfig_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "dry run failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/sessionlivedbackends.spawner.dev",
+        "deployment.apps/spawner-controller",
+        "daemonset.apps/spawner-sweeper",
+        "deployment.apps/spawner-proxy",
+        "service/spawner-proxy",
+        "configmap/spawner-proxy",
+        "clusterrole.rbac.authorization.k8s.io/spawner-controller",
+        "role.rbac.authorization.k8s.io/spawner-controller",
+    ] {
+        assert!(stdout.contains(object), "{object} missing from the dry run:\n{stdout}");
+    }
+}
+
+async fn allowed(client: &kube::Client, namespace: &str, p: &spawner::rbac::Permission, verb: &str) -> bool {
+    let (resource, subresource) = match p.resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (p.resource, None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(p.group.into()),
+                resource: Some(resource.into()),
+                subresource,
+                verb: Some(verb.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("access review");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+#[tokio::test]
+async fn the_generated_rbac_grants_exactly_the_declared_verbs() {
+    let env = TestEnv::new("rbac").await;
+    support::install_crd(&env.client).await;
+    env.kubectl(&["apply", "-f", "config/default/namespace.yaml"]);
+    let out = std::process::Command::new("kubectl")
+        .args(["apply", "-k", "config/rbac"])
+        .current_dir(support::repo_root())
+        .env("KUBECONFIG", support::kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "applying config/rbac: {}", String::from_utf8_lossy(&out.stderr));
+
+    for role in spawner::rbac::ROLES {
+        let client = support::client_as_service_account(SYSTEM_NAMESPACE, role.name).await;
+        for p in role.permissions {
+            let namespace = match p.scope {
+                spawner::rbac::Scope::Cluster => env.namespace.as_str(),
+                spawner::rbac::Scope::SystemNamespace => SYSTEM_NAMESPACE,
+            };
+            for verb in p.verbs {
+                assert!(allowed(&client, namespace, p, verb).await, "{} may not {verb} {}", role.name, p.resource);
+            }
+            // Every permission is exactly its verbs: the verbs it does not list are refused.
+            for verb in ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"] {
+                if !p.verbs.contains(&verb) {
+                    assert!(
+                        !allowed(&client, namespace, p, verb).await,
+                        "{} may {verb} {} but does not declare it",
+                        role.name,
+                        p.resource
+                    );
+                }
+            }
+        }
+    }
+
+    // And for real, not only in reviews: the sweeper lists pods, and is refused Secrets.
+    let sweeper = support::client_as_service_account(SYSTEM_NAMESPACE, spawner::names::SWEEPER).await;
+    Api::<Pod>::namespaced(sweeper.clone(), &env.namespace).list(&ListParams::default()).await.expect("sweeper lists pods");
+    match Api::<Secret>::namespaced(sweeper, &env.namespace).list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403),
+        other => panic!("the sweeper could list secrets: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn deleting_an_owner_garbage_collects_what_it_owns() {
+    let env = TestEnv::new("gc").await;
+    let api = env.api::<ConfigMap>();
+    let owner = api
+        .create(&PostParams::default(), &ConfigMap {
+            metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let owned = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("owned".into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "owner".into(),
+                uid: owner.metadata.uid.clone().unwrap(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let owned = api.create(&PostParams::default(), &owned).await.unwrap();
+    api.delete("owner", &DeleteParams::background()).await.unwrap();
+    let uid = owned.metadata.uid.unwrap();
+    support::wait_for(&api, "owned", conditions::is_deleted(&uid), Duration::from_secs(60)).await;
+}

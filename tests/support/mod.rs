@@ -1,0 +1,223 @@
+//! Test harness for integration tests against a real Kubernetes cluster.
+//!
+//! Each test gets a [`TestEnv`]: a kube `Client` and a namespace of its own, deleted when the
+//! env drops. If the test panicked, the objects and events of the namespace are printed first.
+//!
+//! Which cluster: `SPAWNER_TEST_CLUSTER=existing` uses the current KUBECONFIG context; otherwise
+//! the local cluster of `cargo xtask cluster`, started if it is not running. When no cluster can
+//! be had the test fails with the reason: these tests never pass by skipping.
+#![allow(dead_code)] // Each test crate uses a different part of the harness.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::{Client, Config, Resource};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the local cluster's admin kubeconfig (`cargo xtask cluster kubeconfig`).
+pub fn local_kubeconfig() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    home.join(".cache/spawner/cluster/admin.kubeconfig")
+}
+
+/// KUBECONFIG to hand to kubectl and to the binaries the tests start.
+pub fn kubeconfig_path() -> PathBuf {
+    if existing_cluster() {
+        std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".kube/config"))
+    } else {
+        local_kubeconfig()
+    }
+}
+
+fn existing_cluster() -> bool {
+    std::env::var("SPAWNER_TEST_CLUSTER").is_ok_and(|v| v == "existing")
+}
+
+/// Makes sure the local cluster runs, once per test process.
+fn ensure_cluster() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        if existing_cluster() {
+            return;
+        }
+        let healthy = local_kubeconfig().exists()
+            && Command::new("kubectl")
+                .args(["get", "--raw", "/readyz"])
+                .env("KUBECONFIG", local_kubeconfig())
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if healthy {
+            return;
+        }
+        eprintln!("test harness: local cluster not running; starting it with `cargo xtask cluster up`");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["xtask", "cluster", "up"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running `cargo xtask cluster up`");
+        assert!(status.success(), "no cluster for the integration tests: `cargo xtask cluster up` failed ({status})");
+    });
+}
+
+/// Client configuration for the test cluster.
+pub async fn config() -> Config {
+    ensure_cluster();
+    if existing_cluster() {
+        return Config::infer().await.expect("SPAWNER_TEST_CLUSTER=existing but no usable KUBECONFIG");
+    }
+    let kubeconfig = Kubeconfig::read_from(local_kubeconfig()).expect("reading the local cluster's kubeconfig");
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("local cluster kubeconfig is usable")
+}
+
+/// A client that acts as the given ServiceAccount (impersonation), to prove RBAC.
+pub async fn client_as_service_account(namespace: &str, name: &str) -> Client {
+    let mut config = config().await;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{name}"));
+    Client::try_from(config).expect("impersonating client")
+}
+
+/// A namespace of the test's own on a real cluster.
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+    config: Config,
+}
+
+impl TestEnv {
+    /// Creates a fresh namespace named after the test (plus a random suffix).
+    pub async fn new(test: &str) -> TestEnv {
+        let config = config().await;
+        let client = Client::try_from(config.clone()).expect("client for the test cluster");
+        let suffix: u32 = rand::random::<u32>() % 100_000;
+        let base: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let namespace = format!("t-{}-{suffix}", base.trim_matches('-').chars().take(40).collect::<String>());
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some([("spawner.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating test namespace {namespace}: {e}"));
+        TestEnv { client, namespace, config }
+    }
+
+    /// An Api for a namespaced resource in the test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Runs kubectl against the test cluster in the test's namespace; returns stdout, panics
+    /// with stderr on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_output(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl and returns its whole output, for tests that expect it to fail.
+    pub fn kubectl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new("kubectl")
+            .args(args)
+            .args(["--namespace", &self.namespace])
+            .env("KUBECONFIG", kubeconfig_path())
+            .output()
+            .expect("running kubectl")
+    }
+
+    fn dump(&self) {
+        let dump = Command::new("kubectl")
+            .args(["get", "all,sessionlivedbackends,secrets,events", "-o", "wide", "--namespace", &self.namespace])
+            .env("KUBECONFIG", kubeconfig_path())
+            .output();
+        if let Ok(out) = dump {
+            eprintln!(
+                "--- objects and events in {} ---\n{}{}",
+                self.namespace,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Ok(out) = Command::new("kubectl")
+            .args(["get", "sessionlivedbackends,pods", "-o", "yaml", "--namespace", &self.namespace])
+            .env("KUBECONFIG", kubeconfig_path())
+            .output()
+        {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        // Drop cannot await, and the test's runtime may be shutting down: delete the namespace
+        // from a runtime of our own (deletion is asynchronous on the server; we do not wait).
+        let config = self.config.clone();
+        let namespace = self.namespace.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let client = Client::try_from(config).unwrap();
+                let _ = Api::<Namespace>::all(client).delete(&namespace, &DeleteParams::background()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Installs (or updates) the generated CRD and waits until it is Established.
+pub async fn install_crd(client: &Client) {
+    let path = repo_root().join("config/crd/sessionlivedbackends.spawner.dev.yaml");
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).expect("generated CRD parses");
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap();
+    api.patch(&name, &PatchParams::apply("spawner-tests").force(), &Patch::Apply(&crd))
+        .await
+        .expect("applying the generated CRD");
+    wait_for(&api, &name, conditions::is_crd_established(), Duration::from_secs(30)).await;
+}
+
+/// Waits until `cond` holds for the named object, failing the test after `timeout`.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, cond: impl Condition<K>, timeout: Duration) -> Option<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(obj)) => obj,
+        Ok(Err(e)) => panic!("watching {name}: {e}"),
+        Err(_) => panic!("{name} did not reach the expected state within {timeout:?}"),
+    }
+}

@@ -1,0 +1,255 @@
+//! Spawner's own workloads: the controller Deployment, the sweeper DaemonSet and the nginx
+//! reverse proxy, all hardened the same way (non-root, read-only root, no capabilities).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use spawner::crd::{SessionLivedBackend, SessionLivedBackendSpec};
+use spawner::names::{self, SYSTEM_NAMESPACE};
+
+use super::objects::{Object, labels, meta};
+
+/// Port of the controller's /metrics, /healthz and /readyz.
+pub const CONTROLLER_HTTP_PORT: i32 = 8080;
+/// Port of the sweeper's /metrics and /healthz.
+pub const SWEEPER_HTTP_PORT: i32 = 8081;
+/// Port nginx listens on inside its pod.
+pub const PROXY_PORT: i32 = 8080;
+/// NodePort of the reverse proxy: kind maps it to the host, the local cluster reaches it directly.
+pub const PROXY_NODE_PORT: i32 = 30080;
+/// Where users reach the reverse proxy; backends' status URLs start with it.
+pub const PROXY_BASE_URL: &str = "http://localhost:30080";
+
+/// Unprivileged user of every Spawner container (the distroless "nonroot" uid).
+const NONROOT_UID: i64 = 65532;
+
+pub fn controller() -> Object {
+    let name = names::CONTROLLER;
+    let container = Container {
+        name: "controller".into(),
+        image: Some(names::image("controller")),
+        args: Some(vec![
+            format!("--base-url={PROXY_BASE_URL}"),
+            format!("--sidecar-image={}", names::image("sidecar")),
+            format!("--metrics-addr=0.0.0.0:{CONTROLLER_HTTP_PORT}"),
+            "--log-format=json".into(),
+        ]),
+        env: Some(vec![field_env("POD_NAME", "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
+        ports: Some(vec![port("http", CONTROLLER_HTTP_PORT)]),
+        liveness_probe: Some(http_probe("/healthz", CONTROLLER_HTTP_PORT)),
+        readiness_probe: Some(http_probe("/readyz", CONTROLLER_HTTP_PORT)),
+        resources: Some(resources(("50m", "64Mi"), ("1", "256Mi"))),
+        ..hardened()
+    };
+    Object::new(Deployment {
+        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
+        spec: Some(DeploymentSpec {
+            // Leader election makes a second replica safe; one is enough to start with.
+            replicas: Some(1),
+            selector: selector(name),
+            template: pod_template(name, PodSpec {
+                service_account_name: Some(name.into()),
+                containers: vec![container],
+                ..hardened_pod()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+pub fn sweeper() -> Object {
+    let name = names::SWEEPER;
+    let container = Container {
+        name: "sweeper".into(),
+        image: Some(names::image("sweeper")),
+        args: Some(vec![format!("--metrics-addr=0.0.0.0:{SWEEPER_HTTP_PORT}"), "--log-format=json".into()]),
+        env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
+        ports: Some(vec![port("http", SWEEPER_HTTP_PORT)]),
+        liveness_probe: Some(http_probe("/healthz", SWEEPER_HTTP_PORT)),
+        readiness_probe: Some(http_probe("/healthz", SWEEPER_HTTP_PORT)),
+        resources: Some(resources(("10m", "16Mi"), ("500m", "64Mi"))),
+        ..hardened()
+    };
+    Object::new(DaemonSet {
+        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
+        spec: Some(DaemonSetSpec {
+            selector: selector(name),
+            template: pod_template(name, PodSpec {
+                service_account_name: Some(name.into()),
+                containers: vec![container],
+                ..hardened_pod()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// nginx in front of every backend: ConfigMap (its config), Deployment, NodePort Service.
+pub fn proxy() -> Vec<Object> {
+    let name = names::PROXY;
+    let config = ConfigMap {
+        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
+        data: Some(BTreeMap::from([("nginx.conf".to_string(), nginx_conf())])),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "nginx".into(),
+        image: Some(names::image("nginx")),
+        // `-e stderr`: nginx opens its compiled-in error log before reading the config, and the
+        // root filesystem is read-only.
+        command: Some(vec!["nginx".into()]),
+        args: Some(vec!["-e".into(), "stderr".into(), "-c".into(), "/etc/spawner-proxy/nginx.conf".into()]),
+        ports: Some(vec![port("http", PROXY_PORT)]),
+        liveness_probe: Some(http_probe("/healthz", PROXY_PORT)),
+        readiness_probe: Some(http_probe("/healthz", PROXY_PORT)),
+        resources: Some(resources(("50m", "32Mi"), ("1", "256Mi"))),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "config".into(), mount_path: "/etc/spawner-proxy".into(), read_only: Some(true), ..Default::default() },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        ..hardened()
+    };
+    let deployment = Deployment {
+        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: selector(name),
+            template: pod_template(name, PodSpec {
+                // nginx never talks to the API server.
+                automount_service_account_token: Some(false),
+                containers: vec![container],
+                volumes: Some(vec![
+                    Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource { name: name.into(), ..Default::default() }),
+                        ..Default::default()
+                    },
+                    Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+                ]),
+                ..hardened_pod()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
+        spec: Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            selector: Some(selector_labels(name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                node_port: Some(PROXY_NODE_PORT),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![Object::new(config), Object::new(deployment), Object::new(service)]
+}
+
+/// The drop-four demo as a backend: `kubectl create -f config/samples/drop-four.yaml`.
+pub fn sample_backend() -> Object {
+    let spec: SessionLivedBackendSpec = serde_json::from_value(serde_json::json!({
+        "gracePeriodSeconds": 300,
+        "template": {"containers": [{"name": "application", "image": names::image("demo-drop-four")}]},
+    }))
+    .expect("sample spec deserializes");
+    let mut backend = SessionLivedBackend::new("", spec);
+    backend.metadata = ObjectMeta { generate_name: Some("drop-four-".into()), ..Default::default() };
+    Object::new(backend)
+}
+
+fn pod_template(name: &str, spec: PodSpec) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(labels(name)), ..Default::default() }),
+        spec: Some(spec),
+    }
+}
+
+fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".to_string(), name.to_string())])
+}
+
+fn selector(name: &str) -> LabelSelector {
+    LabelSelector { match_labels: Some(selector_labels(name)), ..Default::default() }
+}
+
+fn hardened_pod() -> PodSpec {
+    PodSpec {
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NONROOT_UID),
+            run_as_group: Some(NONROOT_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        termination_grace_period_seconds: Some(30),
+        ..Default::default()
+    }
+}
+
+fn hardened() -> Container {
+    Container {
+        image_pull_policy: Some("IfNotPresent".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn resources(requests: (&str, &str), limits: (&str, &str)) -> ResourceRequirements {
+    let pair = |(cpu, memory): (&str, &str)| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])
+    };
+    ResourceRequirements { requests: Some(pair(requests)), limits: Some(pair(limits)), ..Default::default() }
+}
+
+fn http_probe(path: &str, port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port), ..Default::default() }),
+        period_seconds: Some(5),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort { name: Some(name.into()), container_port: port, ..Default::default() }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+// TODO(lead): replace with spawner::proxy_config::nginx_conf() once it lands.
+fn nginx_conf() -> String {
+    "events {}\nhttp { server { listen 8080; location = /healthz { return 200 \"ok\\n\"; } } }\n".into()
+}
