@@ -75,10 +75,7 @@ async fn the_original_demo_is_accepted_and_bad_specs_are_rejected_naming_the_fie
             "spec.startupTimeoutSeconds",
         ),
         (serde_json::json!({"template": app(), "auth": {"mode": "Sometimes"}}), "spec.auth.mode"),
-        (
-            serde_json::json!({"template": app(), "sidecar": {"inject": false}}),
-            "spec.auth.mode",
-        ),
+        (serde_json::json!({"template": app(), "sidecar": {"inject": false}}), "spec.auth.mode"),
         (
             serde_json::json!({"template": {"containers": [{"name": "spawner-sidecar", "image": "x"}]}}),
             "spec.template.containers",
@@ -183,7 +180,10 @@ async fn the_generated_rbac_grants_exactly_the_declared_verbs() {
 
     // And for real, not only in reviews: the sweeper lists pods, and is refused Secrets.
     let sweeper = support::client_as_service_account(SYSTEM_NAMESPACE, spawner::names::SWEEPER).await;
-    Api::<Pod>::namespaced(sweeper.clone(), &env.namespace).list(&ListParams::default()).await.expect("sweeper lists pods");
+    Api::<Pod>::namespaced(sweeper.clone(), &env.namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("sweeper lists pods");
     match Api::<Secret>::namespaced(sweeper, &env.namespace).list(&ListParams::default()).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 403),
         other => panic!("the sweeper could list secrets: {other:?}"),
@@ -195,10 +195,13 @@ async fn deleting_an_owner_garbage_collects_what_it_owns() {
     let env = TestEnv::new("gc").await;
     let api = env.api::<ConfigMap>();
     let owner = api
-        .create(&PostParams::default(), &ConfigMap {
-            metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() },
-            ..Default::default()
-        })
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let owned = ConfigMap {

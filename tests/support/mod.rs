@@ -105,7 +105,8 @@ impl TestEnv {
         let config = config().await;
         let client = Client::try_from(config.clone()).expect("client for the test cluster");
         let suffix: u32 = rand::random::<u32>() % 100_000;
-        let base: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let base: String =
+            test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         let namespace = format!("t-{}-{suffix}", base.trim_matches('-').chars().take(40).collect::<String>());
         let ns = Namespace {
             metadata: kube::api::ObjectMeta {
@@ -135,12 +136,7 @@ impl TestEnv {
     /// with stderr on failure.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = self.kubectl_output(args);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

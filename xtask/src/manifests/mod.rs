@@ -8,6 +8,8 @@ mod objects;
 mod rbac;
 mod workloads;
 
+pub use workloads::PROXY_BASE_URL;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -90,10 +92,7 @@ pub fn generate(mode: Mode) -> anyhow::Result<()> {
         }
     }
     if !stale.is_empty() {
-        bail!(
-            "generated manifests are stale: {}; run `cargo xtask manifests` and commit config/",
-            stale.join(", ")
-        );
+        bail!("generated manifests are stale: {}; run `cargo xtask manifests` and commit config/", stale.join(", "));
     }
     if mode == Mode::Write {
         println!("config/ is up to date ({} files)", tree.files.len());

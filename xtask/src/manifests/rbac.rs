@@ -13,10 +13,7 @@ pub fn service_accounts() -> Vec<Object> {
     spawner::rbac::ROLES
         .iter()
         .map(|role| {
-            Object::new(ServiceAccount {
-                metadata: meta(role.name, Some(SYSTEM_NAMESPACE)),
-                ..Default::default()
-            })
+            Object::new(ServiceAccount { metadata: meta(role.name, Some(SYSTEM_NAMESPACE)), ..Default::default() })
         })
         .collect()
 }
@@ -47,10 +44,7 @@ pub fn roles() -> Vec<Object> {
         }
         let namespaced = rules(role.permissions, Scope::SystemNamespace);
         if !namespaced.is_empty() {
-            out.push(Object::new(Role {
-                metadata: meta(role.name, Some(SYSTEM_NAMESPACE)),
-                rules: Some(namespaced),
-            }));
+            out.push(Object::new(Role { metadata: meta(role.name, Some(SYSTEM_NAMESPACE)), rules: Some(namespaced) }));
             out.push(Object::new(RoleBinding {
                 metadata: meta(role.name, Some(SYSTEM_NAMESPACE)),
                 role_ref: role_ref("Role", role.name),

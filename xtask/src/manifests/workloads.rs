@@ -55,11 +55,10 @@ pub fn controller() -> Object {
             // Leader election makes a second replica safe; one is enough to start with.
             replicas: Some(1),
             selector: selector(name),
-            template: pod_template(name, PodSpec {
-                service_account_name: Some(name.into()),
-                containers: vec![container],
-                ..hardened_pod()
-            }),
+            template: pod_template(
+                name,
+                PodSpec { service_account_name: Some(name.into()), containers: vec![container], ..hardened_pod() },
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -83,11 +82,10 @@ pub fn sweeper() -> Object {
         metadata: meta(name, Some(SYSTEM_NAMESPACE)),
         spec: Some(DaemonSetSpec {
             selector: selector(name),
-            template: pod_template(name, PodSpec {
-                service_account_name: Some(name.into()),
-                containers: vec![container],
-                ..hardened_pod()
-            }),
+            template: pod_template(
+                name,
+                PodSpec { service_account_name: Some(name.into()), containers: vec![container], ..hardened_pod() },
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -114,7 +112,12 @@ pub fn proxy() -> Vec<Object> {
         readiness_probe: Some(http_probe("/healthz", PROXY_PORT)),
         resources: Some(resources(("50m", "32Mi"), ("1", "256Mi"))),
         volume_mounts: Some(vec![
-            VolumeMount { name: "config".into(), mount_path: "/etc/spawner-proxy".into(), read_only: Some(true), ..Default::default() },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: "/etc/spawner-proxy".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
             VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
         ]),
         ..hardened()
@@ -124,20 +127,27 @@ pub fn proxy() -> Vec<Object> {
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: selector(name),
-            template: pod_template(name, PodSpec {
-                // nginx never talks to the API server.
-                automount_service_account_token: Some(false),
-                containers: vec![container],
-                volumes: Some(vec![
-                    Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource { name: name.into(), ..Default::default() }),
-                        ..Default::default()
-                    },
-                    Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-                ]),
-                ..hardened_pod()
-            }),
+            template: pod_template(
+                name,
+                PodSpec {
+                    // nginx never talks to the API server.
+                    automount_service_account_token: Some(false),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource { name: name.into(), ..Default::default() }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..hardened_pod()
+                },
+            ),
             ..Default::default()
         }),
         ..Default::default()

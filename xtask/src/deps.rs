@@ -1,0 +1,53 @@
+//! Debian packages the local cluster, the images and the tests need, installed when missing.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Package, and why it is needed.
+pub const PACKAGES: &[(&str, &str)] = &[
+    ("etcd-server", "the cluster's datastore"),
+    ("etcd-client", "etcdctl, for cluster status"),
+    ("containerd", "the node's container runtime"),
+    ("runc", "the OCI runtime under containerd"),
+    ("containernetworking-plugins", "CNI bridge, host-local, portmap, loopback"),
+    ("iptables", "kube-proxy and CNI rules"),
+    ("conntrack", "kube-proxy"),
+    ("openssl", "cluster certificates"),
+    ("nginx", "the reverse proxy image and the sidecar benchmark"),
+    ("haproxy", "the sidecar benchmark's reference"),
+    ("wrk", "HTTP load for the benchmarks"),
+    ("chromium", "the browser test"),
+    ("chromium-driver", "the browser test"),
+];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs whatever of [`PACKAGES`] is missing (one `apt-get update`, one `apt-get install`).
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("==> apt-get install {}", missing.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get (the local cluster needs root and Debian)")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}

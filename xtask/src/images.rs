@@ -1,0 +1,124 @@
+//! `cargo xtask images`: the project's container images without Docker or a registry.
+//!
+//! Each image holds one release binary and exactly the shared libraries `ldd` says it loads
+//! (glibc from this Debian), runs as uid 65532, and is written as an OCI image-layout tar by
+//! [`crate::oci`]. nginx comes from Debian's package the same way. For machines with Docker,
+//! `images/Dockerfile` builds the same images in multi-stage builds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::oci::{ImageSpec, build_image_to};
+
+/// Component name (as in `spawner::names::image`) and the binary it runs.
+pub const RUST_IMAGES: &[(&str, &str)] = &[
+    ("controller", "spawner-controller"),
+    ("sidecar", "spawner-sidecar"),
+    ("sweeper", "spawner-sweeper"),
+    ("demo-drop-four", "spawner-demo-drop-four"),
+];
+
+const NONROOT: &str = "65532:65532";
+
+/// Builds every image; returns the OCI tars.
+pub fn build() -> Result<Vec<PathBuf>> {
+    let root = crate::project_root();
+    let started = Instant::now();
+    println!("==> cargo build --release (the binaries in the images)");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(&root).args(["build", "--release", "--package", "spawner"]);
+    for (_, bin) in RUST_IMAGES {
+        cargo.args(["--bin", bin]);
+    }
+    let status = cargo.status().context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release failed ({status})");
+    }
+    println!("    built in {:.1?}", started.elapsed());
+
+    let out_dir = crate::cluster::cache_root()?.join("images");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut tars = Vec::new();
+    for (component, bin) in RUST_IMAGES {
+        let binary = root.join("target/release").join(bin);
+        let entry = format!("/usr/local/bin/{bin}");
+        let mut files = vec![(binary.clone(), entry.clone(), 0o755)];
+        files.extend(shared_libraries(&binary)?);
+        tars.push(write(
+            ImageSpec {
+                name_tag: spawner::names::image(component),
+                files,
+                entrypoint: vec![entry],
+                user: NONROOT.into(),
+                ..Default::default()
+            },
+            &out_dir,
+        )?);
+    }
+    tars.push(write(nginx_image()?, &out_dir)?);
+    println!("    images written to {} in {:.1?}", out_dir.display(), started.elapsed());
+    Ok(tars)
+}
+
+/// Builds the images and loads them into the local cluster's containerd.
+pub fn build_and_load() -> Result<()> {
+    for tar in build()? {
+        let t = Instant::now();
+        crate::cluster::load_image(&tar).with_context(|| format!("importing {}", tar.display()))?;
+        println!("    imported {} in {:.1?}", tar.file_name().unwrap().to_string_lossy(), t.elapsed());
+    }
+    Ok(())
+}
+
+fn write(spec: ImageSpec, dir: &Path) -> Result<PathBuf> {
+    let file: String = spec.name_tag.rsplit('/').next().unwrap().replace(':', "-");
+    let out = dir.join(format!("{file}.tar"));
+    build_image_to(&spec, &out).with_context(|| format!("building image {}", spec.name_tag))?;
+    println!("    {} -> {}", spec.name_tag, out.display());
+    Ok(out)
+}
+
+fn nginx_image() -> Result<ImageSpec> {
+    let nginx = PathBuf::from("/usr/sbin/nginx");
+    if !nginx.exists() {
+        bail!("/usr/sbin/nginx is missing: install Debian's nginx package (`apt-get install nginx-light` or `nginx`)");
+    }
+    let mut files = vec![(nginx.clone(), "/usr/sbin/nginx".to_string(), 0o755)];
+    files.extend(shared_libraries(&nginx)?);
+    files.push((PathBuf::from("/etc/nginx/mime.types"), "/etc/nginx/mime.types".into(), 0o644));
+    Ok(ImageSpec {
+        name_tag: spawner::names::image("nginx"),
+        files,
+        // nginx checks its compiled-in prefix paths at start; the config moves every temp path
+        // to /tmp (an emptyDir), but the directories must exist.
+        dirs: vec![("/tmp".into(), 0o1777), ("/var/lib/nginx".into(), 0o755), ("/var/log/nginx".into(), 0o755)],
+        entrypoint: vec!["/usr/sbin/nginx".into()],
+        user: NONROOT.into(),
+        ..Default::default()
+    })
+}
+
+/// The shared libraries a dynamically linked binary loads, as (host path, image path, mode).
+fn shared_libraries(binary: &Path) -> Result<Vec<(PathBuf, String, u32)>> {
+    let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
+    if !out.status.success() {
+        // A static binary: nothing to add.
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            let resolved = std::fs::canonicalize(path).with_context(|| format!("resolving {path}"))?;
+            libs.push((resolved, path.to_string(), 0o755));
+        }
+    }
+    Ok(libs)
+}
