@@ -26,8 +26,13 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
         t => t,
     };
     let kubeconfig = match target {
-        Target::Kind => bail!("kind deployment needs Docker; this machine has no Docker daemon (use --local)"),
-        _ => {
+        Target::Kind => {
+            if !kind_available() {
+                bail!("--kind needs `kind` and a running Docker daemon; without them use --local");
+            }
+            kind_up()?
+        }
+        Target::Auto | Target::Local => {
             crate::cluster::up(&crate::cluster::UpOptions::default())?;
             println!("==> images");
             crate::images::build_and_load()?;
@@ -43,6 +48,37 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
         println!("    {url}");
     }
     Ok(())
+}
+
+/// Creates the kind cluster `spawner` (the proxy's NodePort mapped to the host), builds the images
+/// with Docker and loads them; returns the kubeconfig.
+fn kind_up() -> Result<PathBuf> {
+    let run = |program: &str, args: &[&str]| -> Result<String> {
+        let out = Command::new(program).args(args).current_dir(crate::project_root()).output()
+            .with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let kubeconfig = crate::cluster::cache_root()?.join("kind-spawner.kubeconfig");
+    if !run("kind", &["get", "clusters"])?.lines().any(|l| l == "spawner") {
+        println!("==> kind create cluster --name spawner");
+        let config = crate::cluster::cache_root()?.join("kind-spawner.yaml");
+        std::fs::write(&config, format!(
+            "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n  extraPortMappings:\n  - containerPort: {port}\n    hostPort: {port}\n",
+            port = crate::manifests::PROXY_NODE_PORT
+        ))?;
+        run("kind", &["create", "cluster", "--name", "spawner", "--config", config.to_str().unwrap()])?;
+    }
+    std::fs::write(&kubeconfig, run("kind", &["get", "kubeconfig", "--name", "spawner"])?)?;
+    for (component, _) in crate::images::RUST_IMAGES.iter().chain(&[("nginx", "nginx")]) {
+        let image = spawner::names::image(component);
+        println!("==> docker build --target {component} -t {image}");
+        run("docker", &["build", "-f", "images/Dockerfile", "--target", component, "-t", &image, "."])?;
+        run("kind", &["load", "docker-image", "--name", "spawner", &image])?;
+    }
+    Ok(kubeconfig)
 }
 
 fn kind_available() -> bool {

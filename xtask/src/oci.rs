@@ -36,6 +36,7 @@ pub struct ImageSpec {
 
 /// Builds a one-layer image from `files` ((source, destination in the image, mode)) and writes it
 /// to `~/.cache/spawner/images/<name>.tar`; returns that path.
+#[allow(dead_code)] // API for `cargo xtask images`
 pub fn build_image(name_tag: &str, files: &[(&Path, &str, u32)], entrypoint: &[&str], user: &str) -> Result<PathBuf> {
     let spec = ImageSpec {
         name_tag: name_tag.to_string(),
@@ -44,7 +45,8 @@ pub fn build_image(name_tag: &str, files: &[(&Path, &str, u32)], entrypoint: &[&
         user: user.to_string(),
         ..Default::default()
     };
-    let file_name: String = name_tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    let file_name: String =
+        name_tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
     let out = crate::cluster::cache_root()?.join("images").join(format!("{file_name}.tar"));
     build_image_to(&spec, &out)
 }

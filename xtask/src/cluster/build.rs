@@ -1,7 +1,7 @@
 //! Builds (once, then cached by version under `~/.cache/spawner/`) the upstream binaries the
 //! cluster runs: Kubernetes from `hack/kube`, CoreDNS from `hack/coredns`, pause from
 //! `hack/pause`. All come from the Go module proxy; the Go toolchain must be on PATH.
-//! A cold build of the five Kubernetes commands takes tens of minutes on 2 cores (see README).
+//! A cold build of the five Kubernetes commands takes ~7 min on 2 cores (see hack/README.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 use super::{KUBE_VERSION, Layout, cache_root, repo_root};
 
-pub const KUBE_COMMANDS: &[&str] = &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
+pub const KUBE_COMMANDS: &[&str] =
+    &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
 pub const COREDNS_VERSION: &str = "v1.14.7";
 /// Bump when hack/pause/main.go changes.
 pub const PAUSE_VERSION: &str = "3.10-spawner.1";
@@ -45,7 +46,11 @@ pub fn kube_binaries() -> Result<Bins> {
     if !missing.is_empty() {
         let log = cache_root()?.join("kube").join(format!("build-{KUBE_VERSION}.log"));
         let pkgs: Vec<String> = missing.iter().map(|c| format!("k8s.io/kubernetes/cmd/{c}")).collect();
-        println!("    building {} from k8s.io/kubernetes {KUBE_VERSION} (cold: ~30-40 min on 2 cores; log {})", missing.join(", "), log.display());
+        println!(
+            "    building {} from k8s.io/kubernetes {KUBE_VERSION} (cold: ~7-10 min on 2 cores; log {})",
+            missing.join(", "),
+            log.display()
+        );
         go_build(&repo_root().join("hack/kube"), &dir, &pkgs, &kube_ldflags(), &log)?;
     }
     Ok(Bins { dir })
@@ -160,7 +165,12 @@ fn go_build(module_dir: &Path, out: &Path, pkgs: &[String], ldflags: &str, log: 
         .status()
         .context("running `go` (is the Go toolchain installed and on PATH?)")?;
     if !status.success() {
-        bail!("go build in {} failed ({status}); log: {}\n{}", module_dir.display(), log.display(), super::proc::tail(log, 30));
+        bail!(
+            "go build in {} failed ({status}); log: {}\n{}",
+            module_dir.display(),
+            log.display(),
+            super::proc::tail(log, 30)
+        );
     }
     for entry in std::fs::read_dir(&tmp)? {
         let entry = entry?;

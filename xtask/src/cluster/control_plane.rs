@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::build::Bins;
-use super::{API_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, Layout, NODE_IP, SERVICE_CIDR, api_get, cmd, proc, run, wait_for};
+use super::{
+    API_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, Layout, NODE_IP, SERVICE_CIDR, api_get, cmd, proc, run, wait_for,
+};
 
 fn etcd_binary() -> Result<std::path::PathBuf> {
     for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
@@ -62,6 +64,14 @@ pub fn apiserver(layout: &Layout, bins: &Bins) -> Result<()> {
         format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
         format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
         "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+        // Aggregation layer (and the requestheader CA every component reads at start).
+        format!("--requestheader-client-ca-file={}", p("front-proxy-ca.crt")),
+        "--requestheader-allowed-names=front-proxy-client".into(),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
+        format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
         "--authorization-mode=Node,RBAC".into(),
         "--enable-admission-plugins=NodeRestriction".into(),
         "--allow-privileged=true".into(),

@@ -146,9 +146,13 @@ pub fn ensure(layout: &Layout, _images: &Images) -> Result<()> {
         let d: serde_json::Value = serde_json::from_str(&body)?;
         Ok(d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= 1)
     })?;
-    wait_for(layout, "kube-proxy", "DNS answer for kubernetes.default.svc.cluster.local", Duration::from_secs(60), || {
-        query_a(DNS_SERVICE_IP, "kubernetes.default.svc.cluster.local").map(|ips| !ips.is_empty())
-    })
+    wait_for(
+        layout,
+        "kube-proxy",
+        "DNS answer for kubernetes.default.svc.cluster.local",
+        Duration::from_secs(60),
+        || query_a(DNS_SERVICE_IP, "kubernetes.default.svc.cluster.local").map(|ips| !ips.is_empty()),
+    )
 }
 
 /// One DNS A query over UDP; returns the addresses of the answer.

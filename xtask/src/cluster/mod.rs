@@ -134,11 +134,12 @@ pub fn kubeconfig() -> Result<()> {
 pub fn up(opts: &UpOptions) -> Result<()> {
     let started = Instant::now();
     check_root()?;
+    let _lock = lock()?;
     let layout = Layout::new()?;
     for dir in [layout.root.clone(), layout.pki(), layout.logs(), layout.run(), layout.config()] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let bins = step("build Kubernetes binaries (cached)", || build::kube_binaries())?;
+    let bins = step("build Kubernetes binaries (cached)", build::kube_binaries)?;
     step("host network (cni0 bridge, sysctls)", || node::prepare_host(&layout, opts.node))?;
     step("certificates and kubeconfigs", || pki::ensure(&layout))?;
     step("etcd", || control_plane::etcd(&layout))?;
@@ -165,6 +166,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
 pub fn down() -> Result<()> {
     let started = Instant::now();
     check_root()?;
+    let _lock = lock()?;
     let layout = Layout::new()?;
     let mut errors = Vec::new();
     // Order: stop controllers first so nothing recreates pods, then let kubelet remove the pods
@@ -239,6 +241,7 @@ pub fn status() -> Result<()> {
 
 /// Loads an OCI image-layout tar (see [`crate::oci::build_image`]) into the cluster's containerd
 /// (namespace `k8s.io`), so pods can use it with `imagePullPolicy: IfNotPresent` or `Never`.
+#[allow(dead_code)] // API for `cargo xtask images` / e2e
 pub fn load_image(tar: &Path) -> Result<()> {
     let layout = Layout::new()?;
     if proc::running(&layout, "containerd").is_none() {
@@ -247,10 +250,22 @@ pub fn load_image(tar: &Path) -> Result<()> {
     node::import_image(&layout, tar)
 }
 
+/// Serializes `up` and `down` (e.g. several test binaries starting the cluster at once).
+fn lock() -> Result<std::fs::File> {
+    let path = cache_root()?.join("cluster.lock");
+    std::fs::create_dir_all(cache_root()?)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    if file.try_lock().is_err() {
+        println!("    waiting for another `cargo xtask cluster` ({})", path.display());
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
+}
+
 fn check_root() -> Result<()> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    });
     if uid.as_deref() != Some("0") {
         bail!("the local cluster needs root (it runs kubelet, containerd and changes iptables)");
     }
@@ -271,7 +286,13 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Polls `check` until it returns Ok(true) or `timeout` passes; between polls makes sure the
 /// component's process still runs. Failure names the component and its log.
-fn wait_for(layout: &Layout, component: &str, what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+fn wait_for(
+    layout: &Layout,
+    component: &str,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_err = String::new();
     loop {
@@ -327,8 +348,13 @@ fn cmd(program: &str) -> std::process::Command {
 /// GET on the API server as the admin user, through curl (keeps the xtask free of TLS deps).
 fn api_get(layout: &Layout, path: &str) -> Result<String> {
     let pki = layout.pki();
-    run(cmd("curl").args(["-sS", "--fail", "--max-time", "5", "--cacert"]).arg(pki.join("ca.crt"))
-        .arg("--cert").arg(pki.join("admin.crt")).arg("--key").arg(pki.join("admin.key"))
+    run(cmd("curl")
+        .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
         .arg(format!("https://127.0.0.1:{API_PORT}{path}")))
 }
 
@@ -339,7 +365,12 @@ fn kubectl(layout: &Layout) -> std::process::Command {
     c
 }
 
+/// Writes `contents` unless the file already holds exactly that (kube-proxy exits when its
+/// config file is rewritten, even with the same content).
 fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == contents.as_ref()) {
+        return Ok(());
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }

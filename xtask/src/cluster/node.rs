@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 
 use super::build::{Bins, Images, PAUSE_IMAGE};
 use super::{
-    BRIDGE, CLUSTER_CIDR, DNS_SERVICE_IP, Layout, NODE_IP, NODE_NAME, POD_CIDR, api_get, cmd, kubectl, proc, run, run_quiet,
-    wait_for, write_file,
+    BRIDGE, CLUSTER_CIDR, DNS_SERVICE_IP, Layout, NODE_IP, NODE_NAME, POD_CIDR, api_get, cmd, kubectl, proc, run,
+    run_quiet, wait_for, write_file,
 };
 
 /// Network name in the CNI config (libcni caches results under /var/lib/cni/results/<name>-*).
@@ -29,7 +29,11 @@ pub fn prepare_host(_layout: &Layout, node: bool) -> Result<()> {
     }
     run(cmd("ip").args(["link", "set", BRIDGE, "up"]))?;
     if node {
-        for (key, value) in [("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1"), ("net/bridge/bridge-nf-call-ip6tables", "1")] {
+        for (key, value) in [
+            ("net/ipv4/ip_forward", "1"),
+            ("net/bridge/bridge-nf-call-iptables", "1"),
+            ("net/bridge/bridge-nf-call-ip6tables", "1"),
+        ] {
             let path = format!("/proc/sys/{key}");
             std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))?;
         }
@@ -72,6 +76,7 @@ oom_score = 0
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{runc_root}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_conf}"
@@ -81,6 +86,7 @@ oom_score = 0
         state = c.join("state").display(),
         sock = layout.containerd_socket().display(),
         opt = c.join("opt").display(),
+        runc_root = c.join("runc").display(),
         cni_conf = layout.cni_conf_dir().display(),
     )
 }
@@ -117,7 +123,13 @@ fn ctr(layout: &Layout) -> std::process::Command {
 }
 
 pub fn containerd(layout: &Layout, images: &Images) -> Result<()> {
-    for p in ["/usr/sbin/runc", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap", "/usr/lib/cni/loopback"] {
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/lib/cni/portmap",
+        "/usr/lib/cni/loopback",
+    ] {
         if !Path::new(p).exists() {
             bail!("{p} is missing (apt-get install containerd runc containernetworking-plugins)");
         }
@@ -126,9 +138,17 @@ pub fn containerd(layout: &Layout, images: &Images) -> Result<()> {
     write_file(&config, containerd_config(layout))?;
     write_file(&layout.cni_conf_dir().join("10-spawner.conflist"), cni_config(layout))?;
     let bin = which("containerd").context("containerd is not installed (apt-get install containerd)")?;
-    proc::start(layout, "containerd", &bin, &["--config".into(), config.display().to_string(), "--log-level=warn".into()])?;
+    proc::start(
+        layout,
+        "containerd",
+        &bin,
+        &["--config".into(), config.display().to_string(), "--log-level=warn".into()],
+    )?;
     wait_for(layout, "containerd", "its socket", Duration::from_secs(30), || {
-        Ok(run(ctr(layout).args(["plugins", "ls"])).map(|out| out.lines().any(|l| l.contains("io.containerd.grpc.v1") && l.contains("cri") && l.trim_end().ends_with("ok")))?)
+        let out = run(ctr(layout).args(["plugins", "ls"]))?;
+        Ok(out
+            .lines()
+            .any(|l| l.contains("io.containerd.grpc.v1") && l.contains("cri") && l.trim_end().ends_with("ok")))
     })?;
     for tar in [&images.pause_tar, &images.coredns_tar] {
         import_image(layout, tar)?;
@@ -147,7 +167,8 @@ fn kubelet_config(layout: &Layout) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 0.0.0.0
+# Only on the node IP (the cni0 bridge): the API server reaches it there.
+address: {NODE_IP}
 port: 10250
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
@@ -264,7 +285,18 @@ pub fn kube_proxy(layout: &Layout, bins: &Bins) -> Result<()> {
     let args = vec![format!("--config={}", config.display()), "--v=1".into()];
     proc::start(layout, "kube-proxy", &bins.path("kube-proxy"), &args)?;
     wait_for(layout, "kube-proxy", "/healthz", Duration::from_secs(60), || {
-        Ok(run(cmd("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:10256/healthz"]))?.trim() == "200")
+        Ok(run(cmd("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:10256/healthz",
+        ]))?
+        .trim()
+            == "200")
     })
 }
 
@@ -279,7 +311,15 @@ pub fn teardown(layout: &Layout) -> Result<()> {
     if api_up && kubelet_up && containerd_up {
         let t = Instant::now();
         // Controllers are already stopped, so nothing recreates them.
-        let _ = run(kubectl(layout).args(["delete", "pods", "--all", "--all-namespaces", "--grace-period=2", "--timeout=60s", "--wait=true"]));
+        let _ = run(kubectl(layout).args([
+            "delete",
+            "pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=2",
+            "--timeout=60s",
+            "--wait=true",
+        ]));
         println!("    pods removed through kubelet in {:.1}s", t.elapsed().as_secs_f64());
     }
     for name in ["kube-proxy", "kubelet"] {
@@ -290,28 +330,29 @@ pub fn teardown(layout: &Layout) -> Result<()> {
     // Containers left (kubelet was down, or a pod did not stop): kill through containerd and
     // remember their network namespaces.
     let mut netns: Vec<String> = Vec::new();
-    if proc::running(layout, "containerd").is_some() {
-        if let Ok(ids) = run(ctr(layout).args(["containers", "ls", "-q"])) {
-            for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                if let Ok(info) = run(ctr(layout).args(["containers", "info", id])) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&info) {
-                        for ns in v["Spec"]["linux"]["namespaces"].as_array().into_iter().flatten() {
-                            if ns["type"] == "network" {
-                                if let Some(p) = ns["path"].as_str().filter(|p| !p.is_empty() && !p.starts_with("/proc/")) {
-                                    netns.push(p.to_string());
-                                }
-                            }
-                        }
-                    }
-                }
-                run_quiet(ctr(layout).args(["tasks", "kill", "--signal", "SIGKILL", id]));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                run_quiet(ctr(layout).args(["tasks", "delete", "--force", id]));
-                run_quiet(ctr(layout).args(["containers", "delete", id]));
+    let leftover = if proc::running(layout, "containerd").is_some() {
+        run(ctr(layout).args(["containers", "ls", "-q"])).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let ids: Vec<&str> = leftover.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for id in &ids {
+        let info = run(ctr(layout).args(["containers", "info", id])).unwrap_or_default();
+        let spec: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        for ns in spec["Spec"]["linux"]["namespaces"].as_array().into_iter().flatten() {
+            let path = ns["path"].as_str().unwrap_or("");
+            if ns["type"] == "network" && !path.is_empty() && !path.starts_with("/proc/") {
+                netns.push(path.to_string());
             }
         }
+        run_quiet(ctr(layout).args(["tasks", "kill", "--signal", "SIGKILL", id]));
+    }
+    if !ids.is_empty() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for id in &ids {
+        run_quiet(ctr(layout).args(["tasks", "delete", "--force", id]));
+        run_quiet(ctr(layout).args(["containers", "delete", id]));
     }
     if let Err(e) = proc::stop(layout, "containerd") {
         errors.push(format!("containerd: {e:#}"));
@@ -321,6 +362,15 @@ pub fn teardown(layout: &Layout) -> Result<()> {
     for pid in proc::pids_with_cmdline(&sock) {
         if let Err(e) = proc::kill_pid(pid, Duration::from_secs(3)) {
             errors.push(format!("containerd shim {pid}: {e:#}"));
+        }
+    }
+    // Pod processes that outlived their shims (e.g. containerd had died): everything left in
+    // kubelet's kubepods cgroup is ours.
+    let mut pod_pids = Vec::new();
+    collect_cgroup_procs(Path::new("/sys/fs/cgroup/pids/kubepods"), &mut pod_pids);
+    for pid in pod_pids {
+        if let Err(e) = proc::kill_pid(pid, Duration::from_secs(1)) {
+            errors.push(format!("pod process {pid}: {e:#}"));
         }
     }
     // kube-proxy's own cleanup of its rules, then a sweep of every KUBE-*/CNI-* chain left.
@@ -351,14 +401,64 @@ pub fn teardown(layout: &Layout) -> Result<()> {
     if run_quiet(cmd("ip").args(["link", "show", BRIDGE])) && !run_quiet(cmd("ip").args(["link", "del", BRIDGE])) {
         errors.push(format!("could not delete the {BRIDGE} bridge"));
     }
+    // libcni's result cache: our network's entries and the loopback entries of the same sandboxes.
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!("{CNI_NETWORK}-")) {
-                let _ = std::fs::remove_file(e.path());
+        let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let ours: Vec<&str> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&format!("{CNI_NETWORK}-")))
+            .filter_map(|rest| rest.split('-').next())
+            .collect();
+        for n in &names {
+            let id = n
+                .strip_prefix(&format!("{CNI_NETWORK}-"))
+                .or_else(|| n.strip_prefix("cni-loopback-"))
+                .and_then(|r| r.split('-').next());
+            if id.is_some_and(|id| ours.contains(&id)) {
+                let _ = std::fs::remove_file(Path::new("/var/lib/cni/results").join(n));
+            }
+        }
+    }
+    // containerd's shim socket dir is fixed (/run/containerd/s); remove it when left empty.
+    for dir in ["/run/containerd/s", "/run/containerd/runc/k8s.io", "/run/containerd/runc", "/run/containerd"] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    // kubelet's cgroups (cgroupfs driver): the kubepods tree in every hierarchy, leaves first.
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let top = h.path().join("kubepods");
+            if top.is_dir() && !remove_cgroup_tree(&top) {
+                errors.push(format!("cgroup {} still in use", top.display()));
             }
         }
     }
     if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("; ")) }
+}
+
+/// The pids in `cgroup.procs` of `dir` and of its descendants.
+fn collect_cgroup_procs(dir: &Path, out: &mut Vec<u32>) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_cgroup_procs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// rmdir of a cgroup directory and its children, deepest first; false if some remain.
+fn remove_cgroup_tree(dir: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok() || !dir.exists()
 }
 
 /// Removes every rule jumping to a KUBE-* or CNI-* chain, then those chains, in every table.
@@ -379,7 +479,8 @@ fn remove_chains(tool: &str) -> Result<()> {
             } else if let Some(rule) = line.strip_prefix("-A ") {
                 let words = split_words(rule);
                 let chain = words.first().cloned().unwrap_or_default();
-                let target = words.windows(2).find(|w| w[0] == "-j" || w[0] == "-g").map(|w| w[1].clone()).unwrap_or_default();
+                let target =
+                    words.windows(2).find(|w| w[0] == "-j" || w[0] == "-g").map(|w| w[1].clone()).unwrap_or_default();
                 if !ours(&chain) && ours(&target) {
                     run_quiet(cmd(tool).args(["-t", table, "-D"]).args(&words));
                 }
@@ -473,6 +574,9 @@ mod tests {
     #[test]
     fn splits_iptables_rules() {
         let w = super::split_words(r#"PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES"#);
-        assert_eq!(w, ["PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]);
+        assert_eq!(
+            w,
+            ["PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]
+        );
     }
 }

@@ -10,6 +10,7 @@ use super::{API_PORT, KUBERNETES_SERVICE_IP, Layout, NODE_IP, NODE_NAME, cmd, ru
 
 struct Leaf {
     name: &'static str,
+    ca: &'static str,
     cn: String,
     orgs: &'static [&'static str],
     dns: Vec<String>,
@@ -20,44 +21,110 @@ struct Leaf {
 pub fn ensure(layout: &Layout) -> Result<()> {
     let pki = layout.pki();
     std::fs::create_dir_all(&pki)?;
-    if !pki.join("ca.crt").exists() {
-        key(&pki.join("ca.key"))?;
-        run(cmd("openssl")
-            .args(["req", "-x509", "-new", "-sha256", "-days", "3650", "-subj", "/CN=spawner-local-ca"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
-            .arg("-key").arg(pki.join("ca.key"))
-            .arg("-out").arg(pki.join("ca.crt")))?;
+    // "ca" signs everything; "front-proxy-ca" only the API server's aggregation-layer client.
+    for (ca, cn) in [("ca", "spawner-local-ca"), ("front-proxy-ca", "spawner-local-front-proxy-ca")] {
+        if !pki.join(format!("{ca}.crt")).exists() {
+            key(&pki.join(format!("{ca}.key")))?;
+            run(cmd("openssl")
+                .args(["req", "-x509", "-new", "-sha256", "-days", "3650", "-subj", &format!("/CN={cn}")])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
+                .arg("-key")
+                .arg(pki.join(format!("{ca}.key")))
+                .arg("-out")
+                .arg(pki.join(format!("{ca}.crt"))))?;
+        }
     }
     if !pki.join("sa.pub").exists() {
         key(&pki.join("sa.key"))?;
-        run(cmd("openssl").args(["pkey", "-pubout", "-in"]).arg(pki.join("sa.key")).arg("-out").arg(pki.join("sa.pub")))?;
+        run(cmd("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(pki.join("sa.key"))
+            .arg("-out")
+            .arg(pki.join("sa.pub")))?;
     }
     let localhost = || vec!["localhost".to_string()];
     let leaves = [
         Leaf {
             name: "apiserver",
+            ca: "ca",
             cn: "kube-apiserver".into(),
             orgs: &[],
-            dns: ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"]
-                .map(String::from)
-                .to_vec(),
+            dns: [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "localhost",
+            ]
+            .map(String::from)
+            .to_vec(),
             ips: vec!["127.0.0.1".into(), KUBERNETES_SERVICE_IP.into(), NODE_IP.into()],
             server: true,
         },
-        Leaf { name: "apiserver-kubelet-client", cn: "kube-apiserver-kubelet-client".into(), orgs: &["system:masters"], dns: vec![], ips: vec![], server: false },
-        Leaf { name: "admin", cn: "spawner-admin".into(), orgs: &["system:masters"], dns: vec![], ips: vec![], server: false },
-        Leaf { name: "controller-manager", cn: "system:kube-controller-manager".into(), orgs: &[], dns: localhost(), ips: vec!["127.0.0.1".into()], server: true },
-        Leaf { name: "scheduler", cn: "system:kube-scheduler".into(), orgs: &[], dns: localhost(), ips: vec!["127.0.0.1".into()], server: true },
+        Leaf {
+            name: "apiserver-kubelet-client",
+            ca: "ca",
+            cn: "kube-apiserver-kubelet-client".into(),
+            orgs: &["system:masters"],
+            dns: vec![],
+            ips: vec![],
+            server: false,
+        },
+        Leaf {
+            name: "admin",
+            ca: "ca",
+            cn: "spawner-admin".into(),
+            orgs: &["system:masters"],
+            dns: vec![],
+            ips: vec![],
+            server: false,
+        },
+        Leaf {
+            name: "controller-manager",
+            ca: "ca",
+            cn: "system:kube-controller-manager".into(),
+            orgs: &[],
+            dns: localhost(),
+            ips: vec!["127.0.0.1".into()],
+            server: true,
+        },
+        Leaf {
+            name: "scheduler",
+            ca: "ca",
+            cn: "system:kube-scheduler".into(),
+            orgs: &[],
+            dns: localhost(),
+            ips: vec!["127.0.0.1".into()],
+            server: true,
+        },
         Leaf {
             name: "kubelet",
+            ca: "ca",
             cn: format!("system:node:{NODE_NAME}"),
             orgs: &["system:nodes"],
             dns: vec![NODE_NAME.into(), "localhost".into()],
             ips: vec!["127.0.0.1".into(), NODE_IP.into()],
             server: true,
         },
-        Leaf { name: "kube-proxy", cn: "system:kube-proxy".into(), orgs: &[], dns: vec![], ips: vec![], server: false },
+        Leaf {
+            name: "kube-proxy",
+            ca: "ca",
+            cn: "system:kube-proxy".into(),
+            orgs: &[],
+            dns: vec![],
+            ips: vec![],
+            server: false,
+        },
+        Leaf {
+            name: "front-proxy-client",
+            ca: "front-proxy-ca",
+            cn: "front-proxy-client".into(),
+            orgs: &[],
+            dns: vec![],
+            ips: vec![],
+            server: false,
+        },
     ];
     for leaf in &leaves {
         if !pki.join(format!("{}.crt", leaf.name)).exists() {
@@ -86,7 +153,8 @@ fn key(path: &Path) -> Result<()> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 fn issue(pki: &Path, leaf: &Leaf) -> Result<()> {
@@ -99,9 +167,11 @@ fn issue(pki: &Path, leaf: &Leaf) -> Result<()> {
         subj += &format!("/O={o}");
     }
     run(cmd("openssl").args(["req", "-new", "-sha256", "-subj", &subj, "-key"]).arg(&key_path).arg("-out").arg(&csr))?;
-    let mut text = String::from("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n");
+    let mut text =
+        String::from("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n");
     text += if leaf.server { "extendedKeyUsage=serverAuth,clientAuth\n" } else { "extendedKeyUsage=clientAuth\n" };
-    let sans: Vec<String> = leaf.dns.iter().map(|d| format!("DNS:{d}")).chain(leaf.ips.iter().map(|i| format!("IP:{i}"))).collect();
+    let sans: Vec<String> =
+        leaf.dns.iter().map(|d| format!("DNS:{d}")).chain(leaf.ips.iter().map(|i| format!("IP:{i}"))).collect();
     if !sans.is_empty() {
         text += &format!("subjectAltName={}\n", sans.join(","));
     }
@@ -109,10 +179,14 @@ fn issue(pki: &Path, leaf: &Leaf) -> Result<()> {
     run(cmd("openssl")
         .args(["x509", "-req", "-sha256", "-days", "3650", "-CAcreateserial", "-in"])
         .arg(&csr)
-        .arg("-CA").arg(pki.join("ca.crt"))
-        .arg("-CAkey").arg(pki.join("ca.key"))
-        .arg("-extfile").arg(&ext)
-        .arg("-out").arg(pki.join(format!("{}.crt", leaf.name))))?;
+        .arg("-CA")
+        .arg(pki.join(format!("{}.crt", leaf.ca)))
+        .arg("-CAkey")
+        .arg(pki.join(format!("{}.key", leaf.ca)))
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(pki.join(format!("{}.crt", leaf.name))))?;
     let _ = std::fs::remove_file(&csr);
     let _ = std::fs::remove_file(&ext);
     Ok(())
@@ -160,4 +234,14 @@ pub fn base64(data: &[u8]) -> String {
         out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(super::base64(input.as_bytes()), want);
+        }
+    }
 }

@@ -13,15 +13,8 @@ use anyhow::{Context, Result, bail};
 use super::Layout;
 
 /// Every process `up` may start, in start order.
-pub const COMPONENTS: &[&str] = &[
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "containerd",
-    "kubelet",
-    "kube-proxy",
-];
+pub const COMPONENTS: &[&str] =
+    &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet", "kube-proxy"];
 
 fn pidfile(layout: &Layout, name: &str) -> PathBuf {
     layout.run().join(format!("{name}.pid"))
@@ -84,7 +77,7 @@ pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // "pid (comm) S ..." — comm may contain spaces; the state follows the last ')'.
-            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()).flatten();
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,

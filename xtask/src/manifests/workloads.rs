@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use spawner::crd::{SessionLivedBackend, SessionLivedBackendSpec};
 use spawner::names::{self, SYSTEM_NAMESPACE};
+use spawner::proxy_config;
 
 use super::objects::{Object, labels, meta};
 
@@ -22,7 +23,7 @@ pub const CONTROLLER_HTTP_PORT: i32 = 8080;
 /// Port of the sweeper's /metrics and /healthz.
 pub const SWEEPER_HTTP_PORT: i32 = 8081;
 /// Port nginx listens on inside its pod.
-pub const PROXY_PORT: i32 = 8080;
+pub const PROXY_PORT: i32 = proxy_config::LISTEN_PORT as i32;
 /// NodePort of the reverse proxy: kind maps it to the host, the local cluster reaches it directly.
 pub const PROXY_NODE_PORT: i32 = 30080;
 /// Where users reach the reverse proxy; backends' status URLs start with it.
@@ -97,16 +98,17 @@ pub fn proxy() -> Vec<Object> {
     let name = names::PROXY;
     let config = ConfigMap {
         metadata: meta(name, Some(SYSTEM_NAMESPACE)),
-        data: Some(BTreeMap::from([("nginx.conf".to_string(), nginx_conf())])),
+        data: Some(BTreeMap::from([(
+            proxy_config::CONFIG_KEY.to_string(),
+            proxy_config::nginx_conf(&proxy_config::ProxyConfig::default()),
+        )])),
         ..Default::default()
     };
     let container = Container {
         name: "nginx".into(),
         image: Some(names::image("nginx")),
-        // `-e stderr`: nginx opens its compiled-in error log before reading the config, and the
-        // root filesystem is read-only.
         command: Some(vec!["nginx".into()]),
-        args: Some(vec!["-e".into(), "stderr".into(), "-c".into(), "/etc/spawner-proxy/nginx.conf".into()]),
+        args: Some(proxy_config::NGINX_ARGS.iter().map(|a| a.to_string()).collect()),
         ports: Some(vec![port("http", PROXY_PORT)]),
         liveness_probe: Some(http_probe("/healthz", PROXY_PORT)),
         readiness_probe: Some(http_probe("/healthz", PROXY_PORT)),
@@ -114,7 +116,7 @@ pub fn proxy() -> Vec<Object> {
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "config".into(),
-                mount_path: "/etc/spawner-proxy".into(),
+                mount_path: proxy_config::CONFIG_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
             },
@@ -259,7 +261,3 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-// TODO(lead): replace with spawner::proxy_config::nginx_conf() once it lands.
-fn nginx_conf() -> String {
-    "events {}\nhttp { server { listen 8080; location = /healthz { return 200 \"ok\\n\"; } } }\n".into()
-}
