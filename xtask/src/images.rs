@@ -21,6 +21,9 @@ pub const RUST_IMAGES: &[(&str, &str)] = &[
     ("demo-drop-four", "spawner-demo-drop-four"),
 ];
 
+/// Images only the tests use (component name, example binary).
+pub const TEST_IMAGES: &[(&str, &str)] = &[("netcheck", "spawner-netcheck")];
+
 const NONROOT: &str = "65532:65532";
 
 /// Builds every image; returns the OCI tars.
@@ -33,6 +36,11 @@ pub fn build() -> Result<Vec<PathBuf>> {
     for (_, bin) in RUST_IMAGES {
         cargo.args(["--bin", bin]);
     }
+    // The CLI is not an image, but `deploy` runs it to create the demo backend.
+    cargo.args(["--bin", "spawner"]);
+    for (_, example) in TEST_IMAGES {
+        cargo.args(["--example", example]);
+    }
     let status = cargo.status().context("running cargo build --release")?;
     if !status.success() {
         bail!("cargo build --release failed ({status})");
@@ -42,8 +50,12 @@ pub fn build() -> Result<Vec<PathBuf>> {
     let out_dir = crate::cluster::cache_root()?.join("images");
     std::fs::create_dir_all(&out_dir)?;
     let mut tars = Vec::new();
-    for (component, bin) in RUST_IMAGES {
-        let binary = root.join("target/release").join(bin);
+    let binaries = RUST_IMAGES
+        .iter()
+        .map(|(c, b)| (c, root.join("target/release").join(b)))
+        .chain(TEST_IMAGES.iter().map(|(c, b)| (c, root.join("target/release/examples").join(b))));
+    for (component, binary) in binaries {
+        let bin = binary.file_name().unwrap().to_string_lossy().into_owned();
         let entry = format!("/usr/local/bin/{bin}");
         let mut files = vec![(binary.clone(), entry.clone(), 0o755)];
         files.extend(shared_libraries(&binary)?);
