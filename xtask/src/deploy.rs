@@ -112,6 +112,12 @@ pub fn apply_default(kubeconfig: &PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// Removes a deployed Spawner's workloads (the namespace `spawner-system`), keeping the CRD.
+pub fn remove(kubeconfig: &PathBuf) -> Result<()> {
+    kubectl(kubeconfig, &["delete", "namespace", spawner::names::SYSTEM_NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s"])?;
+    Ok(())
+}
+
 pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
     let out = Command::new("kubectl")
         .args(args)

@@ -7,13 +7,13 @@ use anyhow::{Context, Result, bail};
 /// Package, and why it is needed.
 pub const PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "the cluster's datastore"),
-    ("etcd-client", "etcdctl, for cluster status"),
     ("containerd", "the node's container runtime"),
     ("runc", "the OCI runtime under containerd"),
     ("containernetworking-plugins", "CNI bridge, host-local, portmap, loopback"),
     ("iptables", "kube-proxy and CNI rules"),
     ("conntrack", "kube-proxy"),
     ("openssl", "cluster certificates"),
+    ("curl", "the cluster's health checks"),
     ("nginx", "the reverse proxy image and the sidecar benchmark"),
     ("haproxy", "the sidecar benchmark's reference"),
     ("wrk", "HTTP load for the benchmarks"),

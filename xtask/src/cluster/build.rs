@@ -137,6 +137,13 @@ pub fn cluster_images(_layout: &Layout) -> Result<Images> {
     Ok(Images { pause_tar, coredns_tar })
 }
 
+/// The Go toolchain: `go` on PATH, else the usual install location (CI's PATH may lack it).
+fn go() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("go").is_file()));
+    if on_path { PathBuf::from("go") } else { PathBuf::from("/usr/local/go/bin/go") }
+}
+
 /// `go build -trimpath -o out/ pkgs...` in `module_dir` with CGO off, output to `log`.
 fn go_build(module_dir: &Path, out: &Path, pkgs: &[String], ldflags: &str, log: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
@@ -150,7 +157,7 @@ fn go_build(module_dir: &Path, out: &Path, pkgs: &[String], ldflags: &str, log: 
     let tmp = out.join(".tmp-build");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let status = Command::new("go")
+    let status = Command::new(go())
         .current_dir(module_dir)
         .env("CGO_ENABLED", "0")
         .env("GOFLAGS", "-trimpath -buildvcs=false -mod=readonly")

@@ -29,13 +29,13 @@ pub fn prepare_host(_layout: &Layout, node: bool) -> Result<()> {
     }
     run(cmd("ip").args(["link", "set", BRIDGE, "up"]))?;
     if node {
-        for (key, value) in [
-            ("net/ipv4/ip_forward", "1"),
-            ("net/bridge/bridge-nf-call-iptables", "1"),
-            ("net/bridge/bridge-nf-call-ip6tables", "1"),
-        ] {
-            let path = format!("/proc/sys/{key}");
-            std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("sysctl net.ipv4.ip_forward=1")?;
+        // Without bridge netfilter, a pod reaching a Service backed by a pod on the same bridge
+        // gets no DNAT on the way back; kernels without br_netfilter built in lack these files.
+        for key in ["net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"] {
+            if std::fs::write(format!("/proc/sys/{key}"), "1").is_err() {
+                println!("    warning: cannot set {key}=1 (br_netfilter missing?): pod-to-Service traffic may fail");
+            }
         }
         // Volume mounts made by kubelet must propagate into containers.
         run(cmd("mount").args(["--make-rshared", "/"]))?;
@@ -262,9 +262,11 @@ hostnameOverride: {NODE_NAME}
 bindAddress: 0.0.0.0
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
-# NodePorts only on the node IP (the cni0 bridge), never on the machine's other interfaces.
+# NodePorts only on the node IP (the cni0 bridge) and loopback (so the reverse proxy's URL
+# http://127.0.0.1:30080 works on this machine, as with kind), never on other interfaces.
 nodePortAddresses:
 - {NODE_IP}/32
+- 127.0.0.1/32
 # Leave the kernel's conntrack sysctls alone.
 conntrack:
   maxPerCore: 0

@@ -27,7 +27,7 @@ pub const PROXY_PORT: i32 = proxy_config::LISTEN_PORT as i32;
 /// NodePort of the reverse proxy: kind maps it to the host, the local cluster reaches it directly.
 pub const PROXY_NODE_PORT: i32 = 30080;
 /// Where users reach the reverse proxy; backends' status URLs start with it.
-pub const PROXY_BASE_URL: &str = "http://localhost:30080";
+pub const PROXY_BASE_URL: &str = "http://127.0.0.1:30080";
 
 /// Unprivileged user of every Spawner container (the distroless "nonroot" uid).
 const NONROOT_UID: i64 = 65532;

@@ -1,0 +1,485 @@
+//! `cargo xtask bench sidecar`: the sidecar side by side with nginx and HAProxy on this machine.
+//!
+//! One run, all on loopback, in front of the same app (`spawner-testapp`, the sidecar tests'
+//! app): direct to the app, through `spawner-sidecar`, through nginx and through HAProxy (Debian
+//! packages, each configured as an equivalent single-worker reverse proxy with keep-alive to
+//! the upstream, WebSocket-capable, no response buffering). For each it measures
+//! - HTTP: `wrk` with small bodies over keep-alive connections: req/s, p50 and p99 latency;
+//! - WebSocket: sequential echo round trips of a 32-byte message on one connection: p50, p99;
+//! - memory: the proxy's RSS (`VmRSS`, summed over its processes) idle, and with 1,000 open
+//!   idle WebSockets through it.
+//!
+//! and prints a table with each number's ratio to nginx. Not a test: numbers depend on the
+//! machine; the issue's targets are printed next to them (throughput >= nginx, p99 added
+//! latency <= nginx's, idle RSS <= 4 MiB, RSS with 1,000 WebSockets <= 24 MiB).
+//! Missing packages are installed with `apt-get install -y nginx haproxy wrk`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// Options of `cargo xtask bench sidecar`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Seconds of wrk load per target.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+    /// WebSocket echo round trips per target.
+    #[arg(long, default_value_t = 20_000)]
+    pub round_trips: u32,
+    /// Idle WebSockets held open for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub websockets: usize,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self { duration: 10, connections: 50, round_trips: 20_000, websockets: 1000 }
+    }
+}
+
+const IDLE_RSS_TARGET_KIB: u64 = 4 * 1024;
+const WS_RSS_TARGET_KIB: u64 = 24 * 1024;
+
+pub fn run(args: &Args) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the repository")?;
+    ensure_tools()?;
+    eprintln!("building release binaries (spawner-sidecar, example spawner-testapp)");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(["build", "--release", "--bin", "spawner-sidecar", "--example", "spawner-testapp"])
+        .status()
+        .context("running cargo build")?;
+    ensure!(status.success(), "cargo build --release failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let sidecar_bin = target.join("release/spawner-sidecar");
+    let app_bin = target.join("release/examples/spawner-testapp");
+
+    let work = std::env::temp_dir().join(format!("spawner-bench-sidecar-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+
+    let mut app = Proc::spawn("app", Command::new(&app_bin).arg("0"))?;
+    let app_addr: SocketAddr = app.first_line()?.strip_prefix("listening ").context("app banner")?.parse()?;
+    wait_http(app_addr)?;
+
+    let mut results = Vec::new();
+    results.push(measure("direct", app_addr, None, args)?);
+
+    let mut sidecar = Proc::spawn(
+        "sidecar",
+        Command::new(&sidecar_bin).args([
+            "--app-port",
+            &app_addr.port().to_string(),
+            "--listen-address",
+            "127.0.0.1",
+            "--proxy-port",
+            "0",
+            "--admin-port",
+            "0",
+        ]),
+    )?;
+    let banner = sidecar.first_line()?;
+    let proxy: SocketAddr = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("proxy="))
+        .context("sidecar banner")?
+        .parse()?;
+    wait_http(proxy)?;
+    results.push(measure("spawner-sidecar", proxy, Some(&[sidecar.pid()]), args)?);
+    sidecar.stop();
+
+    let port = free_port()?;
+    let nginx_dir = work.join("nginx");
+    std::fs::create_dir_all(&nginx_dir)?;
+    std::fs::write(nginx_dir.join("nginx.conf"), nginx_conf(port, app_addr, &nginx_dir))?;
+    let mut nginx = Proc::spawn(
+        "nginx",
+        Command::new("nginx").arg("-p").arg(&nginx_dir).arg("-c").arg(nginx_dir.join("nginx.conf")),
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_http(addr)?;
+    let pids = process_tree(nginx.pid());
+    results.push(measure("nginx", addr, Some(&pids), args)?);
+    nginx.stop();
+
+    let port = free_port()?;
+    let cfg = work.join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_conf(port, app_addr))?;
+    let mut haproxy = Proc::spawn("haproxy", Command::new("haproxy").arg("-db").arg("-f").arg(&cfg))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_http(addr)?;
+    let pids = process_tree(haproxy.pid());
+    results.push(measure("haproxy", addr, Some(&pids), args)?);
+    haproxy.stop();
+    app.stop();
+    let _ = std::fs::remove_dir_all(&work);
+
+    print_table(&results, args);
+    Ok(())
+}
+
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = ["nginx", "haproxy", "wrk"]
+        .into_iter()
+        .filter(|t| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map_or(true, |o| !o.status.success()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {missing:?} (apt-get)");
+    let status = Command::new("apt-get").args(["install", "-y"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+    ensure!(status.success(), "apt-get install -y {} failed (try `apt-get update` first)", missing.join(" "));
+    Ok(())
+}
+
+fn nginx_conf(port: u16, app: SocketAddr, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"# Equivalent of the sidecar: one worker, keep-alive to the app, WebSockets, no buffering.
+worker_processes 1;
+worker_rlimit_nofile 16384;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  upstream app {{ server {app}; keepalive 128; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 3600s;
+    }}
+  }}
+}}
+"#
+    )
+}
+
+fn haproxy_conf(port: u16, app: SocketAddr) -> String {
+    format!(
+        r#"# Equivalent of the sidecar: one thread, keep-alive to the app, WebSockets.
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  option forwardfor
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend app
+backend app
+  http-reuse always
+  server app {app}
+"#
+    )
+}
+
+/// A child process, stopped (SIGTERM, then SIGKILL) on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name, child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn first_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        ensure!(!line.is_empty(), "{} exited before printing its address", self.name);
+        Ok(line.trim().to_owned())
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `pid` and its descendants (nginx: master and worker).
+fn process_tree(pid: u32) -> Vec<u32> {
+    // Give a forking server a moment to start its workers.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+        pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        i += 1;
+    }
+    pids
+}
+
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+        })
+        .sum()
+}
+
+/// Wait until `GET /` answers 200.
+fn wait_http(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(mut tcp) = TcpStream::connect(addr) {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+            if tcp.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_ok() {
+                let mut out = String::new();
+                let _ = tcp.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+        }
+        ensure!(Instant::now() < deadline, "{addr} did not answer 200 within 15 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Measured {
+    name: &'static str,
+    req_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    ws_p50_us: f64,
+    ws_p99_us: f64,
+    ws_per_s: f64,
+    rss_idle_kib: Option<u64>,
+    rss_ws_kib: Option<u64>,
+}
+
+fn measure(name: &'static str, addr: SocketAddr, pids: Option<&[u32]>, args: &Args) -> Result<Measured> {
+    eprintln!("measuring {name} at {addr}");
+    let mut m = Measured { name, ..Measured::default() };
+    m.rss_idle_kib = pids.map(rss_kib);
+    // Warm up, then measure.
+    wrk(addr, 2, args.connections)?;
+    let (rps, p50, p99) = wrk(addr, args.duration, args.connections)?;
+    (m.req_per_s, m.p50_ms, m.p99_ms) = (rps, p50, p99);
+    let (p50, p99, per_s) = ws_round_trips(addr, args.round_trips)?;
+    (m.ws_p50_us, m.ws_p99_us, m.ws_per_s) = (p50, p99, per_s);
+    if let Some(pids) = pids {
+        let mut sockets = Vec::with_capacity(args.websockets);
+        for _ in 0..args.websockets {
+            sockets.push(ws_open(addr)?);
+        }
+        // Let the proxy settle (lazy allocations after the handshakes), then read.
+        std::thread::sleep(Duration::from_millis(500));
+        // Prove they are all alive through the proxy before measuring.
+        for ws in sockets.iter_mut().step_by(97) {
+            ws_echo(ws, b"ping")?;
+        }
+        m.rss_ws_kib = Some(rss_kib(pids));
+        drop(sockets);
+    }
+    Ok(m)
+}
+
+/// Run wrk; returns (req/s, p50 ms, p99 ms).
+fn wrk(addr: SocketAddr, secs: u64, connections: u32) -> Result<(f64, f64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "wrk failed: {text}");
+    ensure!(!text.contains("Non-2xx"), "wrk saw errors through {addr}: {text}");
+    let field = |prefix: &str| -> Result<&str> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+            .with_context(|| format!("no {prefix:?} in wrk output: {text}"))
+    };
+    let rps: f64 = field("Requests/sec:")?.parse()?;
+    Ok((rps, parse_ms(field("50%")?)?, parse_ms(field("99%")?)?))
+}
+
+fn parse_ms(v: &str) -> Result<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).context("a unit")?);
+    let n: f64 = num.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => bail!("unknown wrk unit {unit}"),
+    })
+}
+
+/// A WebSocket client over a plain std socket (RFC 6455 framing by hand, small messages).
+fn ws_open(addr: SocketAddr) -> Result<TcpStream> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        tcp,
+        "GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(tcp.read(&mut b)? == 1, "closed during the WebSocket handshake");
+        head.push(b[0]);
+    }
+    ensure!(head.starts_with(b"HTTP/1.1 101"), "handshake refused: {}", String::from_utf8_lossy(&head));
+    Ok(tcp)
+}
+
+fn ws_echo(tcp: &mut TcpStream, payload: &[u8]) -> Result<()> {
+    ensure!(payload.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&frame)?;
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head)?;
+    ensure!(head[0] == 0x82 && head[1] as usize == payload.len(), "unexpected frame {head:?}");
+    let mut back = vec![0u8; payload.len()];
+    tcp.read_exact(&mut back)?;
+    ensure!(back == payload, "echo differs");
+    Ok(())
+}
+
+/// Sequential echo round trips on one WebSocket; (p50 us, p99 us, round trips per second).
+fn ws_round_trips(addr: SocketAddr, n: u32) -> Result<(f64, f64, f64)> {
+    let mut tcp = ws_open(addr)?;
+    let payload = [7u8; 32];
+    for _ in 0..200 {
+        ws_echo(&mut tcp, &payload)?;
+    }
+    let mut samples = Vec::with_capacity(n as usize);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        ws_echo(&mut tcp, &payload)?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let per_s = n as f64 / start.elapsed().as_secs_f64();
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    Ok((pct(0.50), pct(0.99), per_s))
+}
+
+fn print_table(results: &[Measured], args: &Args) {
+    let nginx = results.iter().find(|r| r.name == "nginx");
+    let ratio = |v: f64, base: Option<f64>| match base {
+        Some(b) if b > 0.0 => format!("{:.2}x", v / b),
+        _ => "-".to_owned(),
+    };
+    let direct = results.iter().find(|r| r.name == "direct");
+    println!();
+    println!(
+        "wrk: {} s, {} keep-alive connections, 1 thread, GET / (6-byte body); WebSocket: {} sequential 32-byte echoes; RSS with {} idle WebSockets",
+        args.duration, args.connections, args.round_trips, args.websockets
+    );
+    println!();
+    println!("| target | req/s | vs nginx | p50 ms | p99 ms | p99 added ms | vs nginx | ws rtt p50 us | ws rtt p99 us | vs nginx | RSS idle MiB | vs nginx | RSS 1k WS MiB | vs nginx |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let added = |r: &Measured| direct.map(|d| r.p99_ms - d.p99_ms);
+    for r in results {
+        let mib = |k: Option<u64>| k.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let rss_ratio = |k: Option<u64>, base: Option<u64>| match (k, base) {
+            (Some(k), Some(b)) => ratio(k as f64, Some(b as f64)),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.req_per_s,
+            ratio(r.req_per_s, nginx.map(|n| n.req_per_s)),
+            r.p50_ms,
+            r.p99_ms,
+            added(r).map_or("-".to_owned(), |a| format!("{a:.2}")),
+            match (added(r), nginx.and_then(added)) {
+                (Some(a), Some(n)) if r.name != "direct" => ratio(a.max(0.001), Some(n.max(0.001))),
+                _ => "-".to_owned(),
+            },
+            r.ws_p50_us,
+            r.ws_p99_us,
+            ratio(r.ws_p99_us, nginx.map(|n| n.ws_p99_us)),
+            mib(r.rss_idle_kib),
+            rss_ratio(r.rss_idle_kib, nginx.and_then(|n| n.rss_idle_kib)),
+            mib(r.rss_ws_kib),
+            rss_ratio(r.rss_ws_kib, nginx.and_then(|n| n.rss_ws_kib)),
+        );
+    }
+    if let Some(s) = results.iter().find(|r| r.name == "spawner-sidecar") {
+        println!();
+        let check = |ok: bool| if ok { "met" } else { "MISSED" };
+        if let Some(n) = nginx {
+            println!("target throughput >= nginx: {}", check(s.req_per_s >= n.req_per_s));
+            if let (Some(a), Some(b)) = (added(s), added(n)) {
+                println!("target p99 added latency <= nginx: {}", check(a <= b));
+            }
+        }
+        if let Some(k) = s.rss_idle_kib {
+            println!("target idle RSS <= 4 MiB: {}", check(k <= IDLE_RSS_TARGET_KIB));
+        }
+        if let Some(k) = s.rss_ws_kib {
+            println!("target RSS with 1,000 WebSockets <= 24 MiB: {}", check(k <= WS_RSS_TARGET_KIB));
+        }
+    }
+}
