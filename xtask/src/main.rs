@@ -3,6 +3,7 @@
 //! Every long operation prints what it does and how long it took; every failure exits non-zero
 //! with one line that says what failed and where to look.
 
+mod bench;
 mod cluster;
 mod demo;
 mod deploy;
@@ -53,6 +54,11 @@ enum Command {
         /// Do not create the demo backend.
         #[arg(long)]
         no_demo: bool,
+    },
+    /// Benchmarks, each side by side with its reference.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
     },
     /// Every check and test: fmt, clippy, manifest drift, then unit and integration tests on the
     /// local cluster (installed and started as needed).
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
             };
             deploy::run(target, !no_demo)
         }
+        Command::Bench { bench } => bench::run(bench),
         Command::Test { no_deploy, cargo_test_args } => test::run(test::Options { no_deploy, cargo_test_args }),
     };
     match result {
