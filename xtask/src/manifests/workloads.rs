@@ -107,7 +107,6 @@ pub fn proxy() -> Vec<Object> {
     let container = Container {
         name: "nginx".into(),
         image: Some(names::image("nginx")),
-        command: Some(vec!["nginx".into()]),
         args: Some(proxy_config::NGINX_ARGS.iter().map(|a| a.to_string()).collect()),
         ports: Some(vec![port("http", PROXY_PORT)]),
         liveness_probe: Some(http_probe("/healthz", PROXY_PORT)),
