@@ -116,11 +116,41 @@ fn generated_files_on_disk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     #[test]
     fn generated_manifests_are_fresh() {
         generate(Mode::Check).unwrap();
+    }
+
+    /// Every pod Spawner itself runs is non-root, read-only, unprivileged, bounded and probed.
+    #[test]
+    fn our_workloads_are_hardened() {
+        let tree = render();
+        let mut checked = 0;
+        for (path, content) in &tree.files {
+            for doc in serde_yaml::Deserializer::from_str(content) {
+                let object = serde_yaml::Value::deserialize(doc).unwrap();
+                let kind = object["kind"].as_str().unwrap_or_default();
+                if kind != "Deployment" && kind != "DaemonSet" {
+                    continue;
+                }
+                let pod = &object["spec"]["template"]["spec"];
+                assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true), "{path:?}");
+                for c in pod["containers"].as_sequence().unwrap() {
+                    let sc = &c["securityContext"];
+                    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{path:?}");
+                    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{path:?}");
+                    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"), "{path:?}");
+                    assert!(c["resources"]["limits"]["memory"].is_string(), "{path:?}");
+                    assert!(c["livenessProbe"].is_mapping() && c["readinessProbe"].is_mapping(), "{path:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 3, "controller, sweeper and nginx containers");
     }
 
     #[test]
