@@ -6,9 +6,11 @@
 //! been idle for their grace period. See the README for the whole picture.
 #![forbid(unsafe_code)]
 
-pub mod crd;
-pub mod rbac;
+pub mod cli;
 pub mod controllers;
+pub mod crd;
+pub mod proxy_config;
+pub mod rbac;
 pub mod sidecar;
 pub mod sweeper;
 

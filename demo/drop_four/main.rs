@@ -44,7 +44,11 @@ const PAGE: &str = include_str!("index.html");
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
-#[command(name = "spawner-demo-drop-four", version, about = "Two-player drop four over WebSockets: Spawner's demo backend.")]
+#[command(
+    name = "spawner-demo-drop-four",
+    version,
+    about = "Two-player drop four over WebSockets: Spawner's demo backend."
+)]
 struct Args {
     /// Port to listen on (Spawner passes the backend's httpPort as PORT).
     #[arg(long, env = "PORT", default_value_t = 8080)]
@@ -158,9 +162,8 @@ async fn serve_connection(context: Context, stream: tokio::net::TcpStream, peer:
         let context = service_context.clone();
         async move { Ok::<_, Infallible>(route(context, request)) }
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -199,10 +202,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 /// Answers a WebSocket handshake and hands the upgraded connection to [`play`].
 fn upgrade(context: Context, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
     let headers = request.headers();
-    let is_upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let is_upgrade =
+        headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
     let (true, Some(accept)) = (is_upgrade, key) else {
         return text(StatusCode::BAD_REQUEST, "this path speaks WebSocket only\n");
@@ -225,7 +226,8 @@ fn upgrade(context: Context, mut request: Request<Incoming>) -> Response<Full<By
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header value"));
+    headers
+        .insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header value"));
     response
 }
 

@@ -18,7 +18,6 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "the sidecar benchmark's reference"),
     ("wrk", "HTTP load for the benchmarks"),
     ("chromium", "the browser test"),
-    ("chromium-driver", "the browser test"),
 ];
 
 fn installed(package: &str) -> bool {

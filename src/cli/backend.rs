@@ -1,0 +1,405 @@
+//! Backend operations shared by the CLI commands (and by `cargo xtask deploy`, which creates the
+//! demo backend): build, create, wait for, connect to, and build the access URL of a backend.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+
+use super::error::{Error, status_code};
+use super::names::{CONNECT_KEY_ANNOTATION, name_for_key};
+use crate::crd::{
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, DEFAULT_STARTUP_TIMEOUT_SECONDS, Phase,
+    SessionLivedBackend, SessionLivedBackendSpec, SidecarSpec,
+};
+
+/// Key of the token in the backend's Secret (named like the backend).
+pub const TOKEN_KEY: &str = "token";
+
+/// How the backend gets its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Naming {
+    Name(String),
+    GenerateName(String),
+}
+
+/// What a user asks for: one application container and the backend's knobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendRequest {
+    pub naming: Naming,
+    pub image: String,
+    pub http_port: i32,
+    pub grace_period_seconds: i64,
+    pub startup_timeout_seconds: i64,
+    pub max_lifetime_seconds: Option<i64>,
+    pub env: Vec<(String, String)>,
+    pub auth: AuthMode,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl BackendRequest {
+    /// A request with the CRD's defaults.
+    pub fn new(naming: Naming, image: impl Into<String>) -> BackendRequest {
+        BackendRequest {
+            naming,
+            image: image.into(),
+            http_port: DEFAULT_HTTP_PORT,
+            grace_period_seconds: DEFAULT_GRACE_PERIOD_SECONDS,
+            startup_timeout_seconds: DEFAULT_STARTUP_TIMEOUT_SECONDS,
+            max_lifetime_seconds: None,
+            env: Vec::new(),
+            auth: AuthMode::Token,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// The object to create.
+    pub fn to_backend(&self) -> SessionLivedBackend {
+        let (name, generate_name) = match &self.naming {
+            Naming::Name(name) => (Some(name.clone()), None),
+            Naming::GenerateName(prefix) => (None, Some(prefix.clone())),
+        };
+        let env: Vec<EnvVar> = self
+            .env
+            .iter()
+            .map(|(name, value)| EnvVar { name: name.clone(), value: Some(value.clone()), ..Default::default() })
+            .collect();
+        let container = Container {
+            name: "application".into(),
+            image: Some(self.image.clone()),
+            env: (!env.is_empty()).then_some(env),
+            ..Default::default()
+        };
+        let spec = SessionLivedBackendSpec {
+            template: PodSpec { containers: vec![container], ..Default::default() },
+            grace_period_seconds: self.grace_period_seconds,
+            http_port: self.http_port,
+            startup_timeout_seconds: self.startup_timeout_seconds,
+            max_lifetime_seconds: self.max_lifetime_seconds,
+            sidecar: SidecarSpec::default(),
+            auth: AuthSpec { mode: self.auth },
+        };
+        let mut backend = SessionLivedBackend::new("", spec);
+        backend.metadata = ObjectMeta {
+            name,
+            generate_name,
+            annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
+            ..Default::default()
+        };
+        backend
+    }
+}
+
+/// The namespace a command works in, with the API handles it needs.
+#[derive(Clone)]
+pub struct Scope {
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl Scope {
+    pub fn new(client: Client, namespace: impl Into<String>) -> Scope {
+        Scope { client, namespace: namespace.into() }
+    }
+
+    pub fn backends(&self) -> Api<SessionLivedBackend> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn not_found(&self, name: &str) -> Error {
+        Error::NotFound { name: name.into(), namespace: self.namespace.clone() }
+    }
+
+    /// Gets one backend; a missing one is [`Error::NotFound`].
+    pub async fn get(&self, name: &str) -> Result<SessionLivedBackend, Error> {
+        self.backends()
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::api(format!("cannot get backend {name:?} in namespace {:?}", self.namespace), e))?
+            .ok_or_else(|| self.not_found(name))
+    }
+
+    /// Creates a backend; an existing name is [`Error::AlreadyExists`].
+    pub async fn create(&self, request: &BackendRequest) -> Result<SessionLivedBackend, Error> {
+        let backend = request.to_backend();
+        match self.backends().create(&PostParams::default(), &backend).await {
+            Ok(created) => Ok(created),
+            Err(e) if status_code(&e) == Some(409) => Err(Error::AlreadyExists {
+                name: backend.metadata.name.unwrap_or_default(),
+                namespace: self.namespace.clone(),
+            }),
+            Err(e) => Err(Error::api(format!("cannot create a backend in namespace {:?}", self.namespace), e)),
+        }
+    }
+
+    /// Deletes a backend (its Pod, Service and Secret go with it by garbage collection).
+    pub async fn delete(&self, name: &str) -> Result<SessionLivedBackend, Error> {
+        match self.backends().delete(name, &DeleteParams::background()).await {
+            Ok(either) => Ok(either.left_or_else(|_| SessionLivedBackend::new(name, self.placeholder_spec()))),
+            Err(e) if status_code(&e) == Some(404) => Err(self.not_found(name)),
+            Err(e) => Err(Error::api(format!("cannot delete backend {name:?} in namespace {:?}", self.namespace), e)),
+        }
+    }
+
+    fn placeholder_spec(&self) -> SessionLivedBackendSpec {
+        BackendRequest::new(Naming::Name(String::new()), "").to_backend().spec
+    }
+
+    /// Waits until the backend is Ready; fails as soon as it is Failed or gone.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<SessionLivedBackend, Error> {
+        // A name that never existed is NotFound, not "deleted while waiting".
+        let current = self.get(name).await?;
+        match state(&current) {
+            State::Ready => return Ok(current),
+            State::Over => return Err(self.failed(&current)),
+            State::Starting => {}
+        }
+        let watch = await_condition(self.backends(), name, |obj: Option<&SessionLivedBackend>| match obj {
+            None => true,
+            Some(backend) => matches!(state(backend), State::Ready | State::Over),
+        });
+        let waited = match tokio::time::timeout(timeout, watch).await {
+            Ok(result) => result.map_err(|e| Error::Api {
+                action: format!("cannot watch backend {name:?} in namespace {:?}", self.namespace),
+                message: e.to_string(),
+            })?,
+            Err(_) => {
+                let phase = self.get(name).await.map(|b| phase_of(&b)).unwrap_or_else(|_| "unknown".into());
+                return Err(Error::Timeout {
+                    name: name.into(),
+                    namespace: self.namespace.clone(),
+                    state: "Ready",
+                    phase,
+                    timeout,
+                });
+            }
+        };
+        let Some(backend) = waited else {
+            return Err(Error::Deleted { name: name.into(), namespace: self.namespace.clone() });
+        };
+        match state(&backend) {
+            State::Ready => Ok(backend),
+            _ => Err(self.failed(&backend)),
+        }
+    }
+
+    /// Waits until the backend (this incarnation of it, if `uid` is given) is gone.
+    pub async fn wait_deleted(&self, name: &str, uid: Option<&str>, timeout: Duration) -> Result<(), Error> {
+        let uid = match uid {
+            Some(uid) => uid.to_owned(),
+            None => match self.backends().get_opt(name).await {
+                Ok(Some(backend)) => backend.uid().unwrap_or_default(),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Error::api(format!("cannot get backend {name:?}"), e)),
+            },
+        };
+        let watch = await_condition(self.backends(), name, conditions::is_deleted(&uid));
+        match tokio::time::timeout(timeout, watch).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Api { action: format!("cannot watch backend {name:?}"), message: e.to_string() }),
+            Err(_) => Err(Error::Timeout {
+                name: name.into(),
+                namespace: self.namespace.clone(),
+                state: "deleted",
+                phase: "Terminating".into(),
+                timeout,
+            }),
+        }
+    }
+
+    fn failed(&self, backend: &SessionLivedBackend) -> Error {
+        let name = backend.name_any();
+        if backend.metadata.deletion_timestamp.is_some() {
+            return Error::Deleted { name, namespace: self.namespace.clone() };
+        }
+        let message = condition(backend, "Failed")
+            .map(|c| format!("{}: {}", c.reason, c.message))
+            .unwrap_or_else(|| format!("phase {}", phase_of(backend)));
+        Error::Failed { name, namespace: self.namespace.clone(), message }
+    }
+
+    /// The URL a browser opens: `status.url`, with `?token=` when the backend requires one.
+    pub async fn access_url(&self, backend: &SessionLivedBackend) -> Result<String, Error> {
+        let name = backend.name_any();
+        let url = backend.status.as_ref().and_then(|s| s.url.clone()).ok_or_else(|| Error::NoUrl {
+            name: name.clone(),
+            namespace: self.namespace.clone(),
+            phase: phase_of(backend),
+        })?;
+        if backend.spec.auth.mode == AuthMode::None {
+            return Ok(url);
+        }
+        let token = self.token(&name).await?;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        Ok(format!("{url}{separator}token={}", query_escape(&token)))
+    }
+
+    async fn token(&self, name: &str) -> Result<String, Error> {
+        let token_error =
+            |reason: String| Error::Token { name: name.into(), namespace: self.namespace.clone(), reason };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| token_error(Error::api("reading its Secret", e).to_string()))?
+            .ok_or_else(|| token_error(format!("Secret {name:?} does not exist (yet)")))?;
+        let bytes = secret
+            .data
+            .and_then(|mut data| data.remove(TOKEN_KEY))
+            .ok_or_else(|| token_error(format!("Secret {name:?} has no key {TOKEN_KEY:?}")))?;
+        String::from_utf8(bytes.0).map_err(|_| token_error("the token is not UTF-8".into()))
+    }
+
+    /// Get-or-create by key: the same key reaches the same live backend, however many callers
+    /// race. Returns the Ready backend.
+    pub async fn connect(
+        &self,
+        key: &str,
+        request: &BackendRequest,
+        timeout: Duration,
+    ) -> Result<SessionLivedBackend, Error> {
+        let name = name_for_key(key);
+        let mut request = request.clone();
+        request.naming = Naming::Name(name.clone());
+        request.annotations.insert(CONNECT_KEY_ANNOTATION.into(), key.into());
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A backend this call created that then fails is reported, not replaced: the same spec
+        // would most likely fail again.
+        let mut created_uid: Option<String> = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                let phase = self.get(&name).await.map(|b| phase_of(&b)).unwrap_or_else(|_| "gone".into());
+                return Err(Error::Timeout { name, namespace: self.namespace.clone(), state: "Ready", phase, timeout });
+            }
+            let existing = match self.backends().get_opt(&name).await {
+                Ok(existing) => existing,
+                Err(e) => return Err(Error::api(format!("cannot get backend {name:?}"), e)),
+            };
+            let Some(backend) = existing else {
+                match self.create(&request).await {
+                    Ok(created) => created_uid = created.uid(),
+                    // Another caller won the race: the next round waits for theirs.
+                    Err(Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            if backend.annotations().get(CONNECT_KEY_ANNOTATION).map(String::as_str) != Some(key) {
+                return Err(Error::KeyCollision { key: key.into(), name, namespace: self.namespace.clone() });
+            }
+            let ours = created_uid.is_some() && backend.uid() == created_uid;
+            match state(&backend) {
+                State::Ready => return Ok(backend),
+                State::Starting => match self.wait_ready(&name, left).await {
+                    Ok(ready) => return Ok(ready),
+                    Err(e @ Error::Failed { .. }) if ours => return Err(e),
+                    // It failed or went away while we waited: look again (and replace it).
+                    Err(Error::Failed { .. } | Error::Deleted { .. } | Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                State::Over if ours && backend.metadata.deletion_timestamp.is_none() => {
+                    return Err(self.failed(&backend));
+                }
+                State::Over => {
+                    let uid = backend.uid().unwrap_or_default();
+                    if backend.metadata.deletion_timestamp.is_none() {
+                        // A Failed backend never recovers. The UID precondition makes sure a
+                        // racing caller's fresh replacement is never the one deleted.
+                        let params = DeleteParams {
+                            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                            ..DeleteParams::background()
+                        };
+                        match self.backends().delete(&name, &params).await {
+                            Ok(_) => {}
+                            Err(e) if matches!(status_code(&e), Some(404 | 409)) => {}
+                            Err(e) => return Err(Error::api(format!("cannot delete failed backend {name:?}"), e)),
+                        }
+                    }
+                    self.wait_deleted(&name, Some(&uid), left).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Where a backend is, as far as waiting is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Ready,
+    /// Failed or being deleted: it will not become Ready.
+    Over,
+}
+
+pub fn state(backend: &SessionLivedBackend) -> State {
+    if backend.metadata.deletion_timestamp.is_some() {
+        return State::Over;
+    }
+    match backend.status.as_ref().and_then(|s| s.phase) {
+        Some(Phase::Failed | Phase::Terminating) => State::Over,
+        // A Ready phase without a URL would be useless to the caller; the controller sets both
+        // in one status write, so this only guards against a partial status.
+        Some(Phase::Ready) if backend.status.as_ref().is_some_and(|s| s.url.is_some()) => State::Ready,
+        _ => State::Starting,
+    }
+}
+
+/// The phase as shown to people ("Terminating" as soon as deletion started).
+pub fn phase_of(backend: &SessionLivedBackend) -> String {
+    if backend.metadata.deletion_timestamp.is_some() {
+        return Phase::Terminating.as_str().into();
+    }
+    backend.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str().to_owned()).unwrap_or_else(|| "Pending".into())
+}
+
+/// The condition of the given type, if set.
+pub fn condition<'a>(
+    backend: &'a SessionLivedBackend,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    backend.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Percent-encodes everything but unreserved characters (tokens are URL-safe already; this is
+/// for safety should that change).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_a_backend_with_one_application_container() {
+        let mut request = BackendRequest::new(Naming::GenerateName("game-".into()), "example/game:1");
+        request.env = vec![("MODE".into(), "fast".into())];
+        request.grace_period_seconds = 5;
+        let backend = request.to_backend();
+        assert_eq!(backend.metadata.generate_name.as_deref(), Some("game-"));
+        assert_eq!(backend.metadata.name, None);
+        let container = &backend.spec.template.containers[0];
+        assert_eq!(container.image.as_deref(), Some("example/game:1"));
+        assert_eq!(container.env.as_ref().unwrap()[0].name, "MODE");
+        assert_eq!(backend.spec.grace_period_seconds, 5);
+        let json = serde_json::to_value(&backend).unwrap();
+        assert_eq!(json["apiVersion"], "spawner.dev/v1");
+        assert_eq!(json["kind"], "SessionLivedBackend");
+    }
+
+    #[test]
+    fn tokens_are_escaped_in_the_query() {
+        assert_eq!(query_escape("abc-_.~XYZ09"), "abc-_.~XYZ09");
+        assert_eq!(query_escape("a+b/c="), "a%2Bb%2Fc%3D");
+    }
+}

@@ -1,0 +1,80 @@
+//! What the CLI reports when something goes wrong: one line, naming the backend and namespace.
+
+use std::time::Duration;
+
+/// Every failure of a CLI command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("backend {name:?} not found in namespace {namespace:?}")]
+    NotFound { name: String, namespace: String },
+
+    #[error("backend {name:?} already exists in namespace {namespace:?}")]
+    AlreadyExists { name: String, namespace: String },
+
+    #[error("backend {name:?} in namespace {namespace:?} failed: {message}")]
+    Failed { name: String, namespace: String, message: String },
+
+    #[error("backend {name:?} in namespace {namespace:?} was deleted while waiting for it")]
+    Deleted { name: String, namespace: String },
+
+    #[error("backend {name:?} in namespace {namespace:?} is not {state} after {}s (phase {phase})", timeout.as_secs())]
+    Timeout { name: String, namespace: String, state: &'static str, phase: String, timeout: Duration },
+
+    #[error(
+        "backend {name:?} in namespace {namespace:?} has no URL yet (phase {phase}); wait for it with `spawner wait {name}`"
+    )]
+    NoUrl { name: String, namespace: String, phase: String },
+
+    #[error("cannot read the access token of backend {name:?} in namespace {namespace:?}: {reason}")]
+    Token { name: String, namespace: String, reason: String },
+
+    #[error("connect key {key:?} maps to backend {name:?} in namespace {namespace:?}, which was made for another key")]
+    KeyCollision { key: String, name: String, namespace: String },
+
+    #[error("cannot load the Kubernetes client configuration: {0}")]
+    Config(String),
+
+    #[error("{action}: {message}")]
+    Api { action: String, message: String },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("cannot write the output: {0}")]
+    Output(String),
+}
+
+impl Error {
+    /// Wraps an API error with what was being done; the API server's own message is kept since
+    /// it names the field or the reason (admission, RBAC, quota).
+    pub fn api(action: impl Into<String>, error: kube::Error) -> Error {
+        let message = match &error {
+            kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+            other => chain(other),
+        };
+        Error::Api { action: action.into(), message }
+    }
+}
+
+/// An error and its sources on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// The HTTP status of an API error, if it is one.
+pub fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
