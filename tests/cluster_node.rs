@@ -6,11 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::runtime::wait::{Condition, conditions};
+use kube::runtime::{WatchStreamExt, watcher};
 use support::TestEnv;
 
 const NETCHECK: &str = "localhost/spawner/netcheck:0.1.0";
@@ -41,7 +41,9 @@ fn pod(name: &str, image: &str, args: &[&str], labels: serde_json::Value) -> Pod
 
 fn pod_succeeded() -> impl Condition<Pod> {
     |pod: Option<&Pod>| {
-        pod.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed")
+        pod.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed")
     }
 }
 
@@ -85,7 +87,10 @@ async fn pods_from_local_images_reach_each_other_by_cluster_ip_and_dns() {
 async fn a_pod_with_a_missing_image_fails_with_an_event_naming_it() {
     let env = TestEnv::new("node-bad-image").await;
     let image = "localhost/spawner/does-not-exist:0.0.0";
-    env.api::<Pod>().create(&PostParams::default(), &pod("bad", image, &["serve"], serde_json::json!({}))).await.unwrap();
+    env.api::<Pod>()
+        .create(&PostParams::default(), &pod("bad", image, &["serve"], serde_json::json!({})))
+        .await
+        .unwrap();
     let events = watcher(env.api::<Event>(), watcher::Config::default().fields("involvedObject.name=bad"))
         .applied_objects()
         .try_filter(|e| std::future::ready(e.reason.as_deref() == Some("ErrImageNeverPull")));

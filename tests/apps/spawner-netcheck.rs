@@ -84,7 +84,8 @@ fn get(url: &str, timeout: Duration) -> i32 {
 }
 
 fn try_get(address: &str, host: &str, path: &str) -> Result<String, String> {
-    let addr = address.to_socket_addrs().map_err(|e| format!("resolving {address}: {e}"))?.next().ok_or("no address")?;
+    let addr =
+        address.to_socket_addrs().map_err(|e| format!("resolving {address}: {e}"))?.next().ok_or("no address")?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;

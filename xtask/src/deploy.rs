@@ -54,7 +54,10 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
 /// with Docker and loads them; returns the kubeconfig.
 fn kind_up() -> Result<PathBuf> {
     let run = |program: &str, args: &[&str]| -> Result<String> {
-        let out = Command::new(program).args(args).current_dir(crate::project_root()).output()
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(crate::project_root())
+            .output()
             .with_context(|| format!("running {program}"))?;
         if !out.status.success() {
             bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -65,10 +68,13 @@ fn kind_up() -> Result<PathBuf> {
     if !run("kind", &["get", "clusters"])?.lines().any(|l| l == "spawner") {
         println!("==> kind create cluster --name spawner");
         let config = crate::cluster::cache_root()?.join("kind-spawner.yaml");
-        std::fs::write(&config, format!(
-            "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n  extraPortMappings:\n  - containerPort: {port}\n    hostPort: {port}\n",
-            port = crate::manifests::PROXY_NODE_PORT
-        ))?;
+        std::fs::write(
+            &config,
+            format!(
+                "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n  extraPortMappings:\n  - containerPort: {port}\n    hostPort: {port}\n",
+                port = crate::manifests::PROXY_NODE_PORT
+            ),
+        )?;
         run("kind", &["create", "cluster", "--name", "spawner", "--config", config.to_str().unwrap()])?;
     }
     std::fs::write(&kubeconfig, run("kind", &["get", "kubeconfig", "--name", "spawner"])?)?;
@@ -114,7 +120,17 @@ pub fn apply_default(kubeconfig: &PathBuf) -> Result<()> {
 
 /// Removes a deployed Spawner's workloads (the namespace `spawner-system`), keeping the CRD.
 pub fn remove(kubeconfig: &PathBuf) -> Result<()> {
-    kubectl(kubeconfig, &["delete", "namespace", spawner::names::SYSTEM_NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s"])?;
+    kubectl(
+        kubeconfig,
+        &[
+            "delete",
+            "namespace",
+            spawner::names::SYSTEM_NAMESPACE,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ],
+    )?;
     Ok(())
 }
 

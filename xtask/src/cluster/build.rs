@@ -139,8 +139,8 @@ pub fn cluster_images(_layout: &Layout) -> Result<Images> {
 
 /// The Go toolchain: `go` on PATH, else the usual install location (CI's PATH may lack it).
 fn go() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("go").is_file()));
+    let on_path =
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("go").is_file()));
     if on_path { PathBuf::from("go") } else { PathBuf::from("/usr/local/go/bin/go") }
 }
 

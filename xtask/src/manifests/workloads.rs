@@ -259,4 +259,3 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
         ..Default::default()
     }
 }
-
