@@ -1,4 +1,152 @@
-fn main() {
-    eprintln!("spawner-controller: not implemented yet");
-    std::process::exit(2);
+//! `spawner-controller`: reconciles SessionLivedBackends into Pods, Services and token Secrets.
+//! See the README and `spawner::controllers`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use spawner::controllers::{self, Config, Options, context, pod::SidecarConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spawner-controller",
+    version,
+    about = "Reconciles SessionLivedBackends into Pods, Services and token Secrets"
+)]
+struct Cli {
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "SPAWNER_NAMESPACE")]
+    namespace: Option<String>,
+
+    /// Base of the URLs written to status.url: <base-url>/p/<namespace>/<name>/.
+    #[arg(long, env = "SPAWNER_BASE_URL", default_value = context::DEFAULT_BASE_URL)]
+    base_url: String,
+
+    /// Image of the sidecar injected into every backend pod.
+    #[arg(long, env = "SPAWNER_SIDECAR_IMAGE", default_value_t = spawner::names::image("sidecar"))]
+    sidecar_image: String,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SPAWNER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "SPAWNER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// How long a Failed backend is kept (for inspection) before it is deleted, e.g. 10m, 90s.
+    #[arg(long, env = "SPAWNER_FAILED_RETENTION", default_value = "10m", value_parser = parse_duration)]
+    failed_retention: Duration,
+
+    /// Namespace of the leader election Lease.
+    #[arg(long, env = "SPAWNER_LEASE_NAMESPACE", default_value = spawner::names::SYSTEM_NAMESPACE)]
+    lease_namespace: String,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "SPAWNER_LEASE_NAME", default_value = spawner::names::CONTROLLER)]
+    lease_name: String,
+
+    /// Run without leader election (a single replica, e.g. in tests).
+    #[arg(long, env = "SPAWNER_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+
+    /// This replica's identity for the Lease and Events (default: $POD_NAME, else the hostname,
+    /// plus a random suffix so a restarted process never mistakes itself for the old holder).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `90s`, `10m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 10m, 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn identity(explicit: Option<String>) -> String {
+    let base = explicit
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spawner-controller".to_string());
+    format!("{base}_{:08x}", rand::random::<u32>())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            error!(error = %e, "failed to configure the Kubernetes client (in-cluster or KUBECONFIG)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options {
+        config: Config {
+            base_url: cli.base_url,
+            sidecar: SidecarConfig { image: cli.sidecar_image },
+            failed_retention: cli.failed_retention,
+        },
+        namespace: cli.namespace,
+        metrics_addr: cli.metrics_addr,
+        leader_election: !cli.no_leader_election,
+        lease_namespace: cli.lease_namespace,
+        lease_name: cli.lease_name,
+        identity: identity(cli.identity),
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    info!(namespace = ?options.namespace, identity = %options.identity, "starting");
+    match controllers::run(client, options, stop).await {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (the kubelet) or Ctrl-C: stop taking work, finish what is in flight, release the Lease.
+async fn stop_on_signal(stop: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+    }
+    stop.cancel();
 }

@@ -1,1 +1,215 @@
-//! See the README.
+//! The controller: turns each `SessionLivedBackend` into a Pod (with the sidecar injected), a
+//! Service and a token Secret, keeps its status and Events in step with the pod, and enforces
+//! the time rules (startup timeout, max lifetime, failed retention).
+//!
+//! Layout: [`reconcile`] is the pipeline for one backend; [`pod`], [`service`], [`secret`] build
+//! the children; [`status`] and [`lifetime`] are the pure decisions; [`run`] wires the
+//! kube-runtime `Controller`, the leader [`leader`] Lease, and the [`http`] endpoints.
+//!
+//! Deletion relies on owner references (garbage collection), not finalizers: a backend is gone
+//! as soon as it is deleted, and nothing blocks its deletion if the controller is down.
+
+pub mod context;
+pub mod http;
+pub mod leader;
+pub mod lifetime;
+pub mod metrics;
+pub mod pod;
+pub mod reconcile;
+pub mod secret;
+pub mod service;
+pub mod status;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::controller::Controller;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use context::{Config, Context};
+
+use crate::crd::SessionLivedBackend;
+use crate::names;
+
+/// A failed reconciliation step; always names the backend and what was attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to {action} {kind} for backend {backend}: {source}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        backend: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("backend {0} has no namespace")]
+    NotNamespaced(String),
+}
+
+impl Error {
+    fn api(action: &'static str, kind: &'static str, backend: &str, source: kube::Error) -> Self {
+        Error::Api { action, kind, backend: backend.to_string(), source }
+    }
+
+    /// Low-cardinality label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api { action: "get", .. } => "get",
+            Error::Api { action: "apply", .. } => "apply",
+            Error::Api { action: "create", .. } => "create",
+            Error::Api { action: "delete", .. } => "delete",
+            Error::Api { .. } => "status",
+            Error::NotNamespaced(_) => "not_namespaced",
+        }
+    }
+}
+
+/// Why [`run`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("failed to serve metrics and health on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
+    #[error("lost the leader Lease; stopped reconciling so another replica can take over")]
+    LostLeadership,
+}
+
+/// How the controller process runs (from its command line).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: Config,
+    /// Only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    pub metrics_addr: SocketAddr,
+    /// Hold a Lease before reconciling (several replicas: one active).
+    pub leader_election: bool,
+    pub lease_namespace: String,
+    /// Name of the leader Lease (one per controller deployment).
+    pub lease_name: String,
+    /// This replica's name (Events' reportingInstance, the Lease holder).
+    pub identity: String,
+}
+
+/// Runs the controller until `stop` is cancelled (SIGTERM), then finishes the reconciliations
+/// in flight, releases the Lease and stops the HTTP endpoints.
+pub async fn run(client: Client, options: Options, stop: CancellationToken) -> Result<(), RunError> {
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::default().register(&mut registry);
+    let health = Arc::new(http::Health::default());
+    let listener = tokio::net::TcpListener::bind(options.metrics_addr)
+        .await
+        .map_err(|source| RunError::Http { addr: options.metrics_addr, source })?;
+    info!(addr = %options.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let http_stop = CancellationToken::new();
+    let server =
+        tokio::spawn(http::serve(listener, Arc::new(registry), health.clone(), metrics.clone(), http_stop.clone()));
+
+    let result = lead_and_reconcile(client, &options, metrics, health, stop).await;
+    http_stop.cancel();
+    if let Err(e) = server.await {
+        warn!(error = %e, "HTTP server task failed");
+    }
+    result
+}
+
+async fn lead_and_reconcile(
+    client: Client,
+    options: &Options,
+    metrics: Arc<metrics::Metrics>,
+    health: Arc<http::Health>,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    // Standing by counts as ready: with one replica and a rolling update, the new pod must be
+    // Ready (standing by) before the old one is stopped and lets go of the Lease.
+    health.set_ready(true);
+    let lost = CancellationToken::new();
+    let mut holder = None;
+    if options.leader_election {
+        let api = Api::namespaced(client.clone(), &options.lease_namespace);
+        let mut elector = leader::Elector::new(api, &options.lease_name, &options.identity, leader::Timing::default());
+        let lease = format!("{}/{}", options.lease_namespace, options.lease_name);
+        info!(%lease, identity = %options.identity, "waiting for the leader Lease");
+        if !elector.acquire(&stop).await? {
+            return Ok(());
+        }
+        info!("acquired the leader Lease");
+        metrics.leader.set(1);
+        holder = Some(tokio::spawn(elector.hold(stop.clone(), lost.clone())));
+    }
+
+    let (backends, pods, services) = match &options.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // Children are cached by reflectors whose streams are also the Controller's triggers: the
+    // cache is updated before the reconciliation it triggers runs, so reads need no API call.
+    let children = watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE));
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (service_store, service_writer) = reflector::store::<Service>();
+    let pod_events = reflector::reflector(pod_writer, watcher(pods, children.clone())).default_backoff().touched_objects();
+    let service_events =
+        reflector::reflector(service_writer, watcher(services, children)).default_backoff().touched_objects();
+    let ctx = Context::new(client.clone(), options.config.clone(), metrics.clone(), Some(options.identity.clone()))
+        .with_children(pod_store, service_store);
+    let ctx = Arc::new(ctx);
+    let controller = Controller::<SessionLivedBackend>::new(backends, watcher::Config::default())
+        .owns_stream(pod_events)
+        .owns_stream(service_events);
+    health.set_store(controller.store());
+
+    let shutdown = {
+        let (stop, lost) = (stop.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = lost.cancelled() => {}
+            }
+        }
+    };
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                // Reconcile errors are logged by the error policy; these are watch errors and
+                // objects that vanished before their turn.
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
+                    kube::runtime::controller::Error::ObjectNotFound(..) => {}
+                    other => warn!(error = %other, "controller stream error"),
+                }
+            }
+        })
+        .await;
+    info!("controller stopped");
+    metrics.leader.set(0);
+
+    if let Some(holder) = holder {
+        // `hold` releases the Lease once `stop` is cancelled; after a loss there is nothing to
+        // release.
+        stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), holder).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "leader Lease task failed"),
+            Err(_) => warn!("timed out releasing the leader Lease"),
+        }
+    }
+    if lost.is_cancelled() { Err(RunError::LostLeadership) } else { Ok(()) }
+}

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
@@ -52,8 +52,11 @@ pub fn child_meta(backend: &SessionLivedBackend) -> ObjectMeta {
         name: Some(backend.name_any()),
         namespace: backend.namespace(),
         labels: Some(labels(backend)),
-        // `controller_owner_ref` sets controller=true and blockOwnerDeletion=true.
-        owner_references: backend.controller_owner_ref(&()).map(|r| vec![r]),
+        // controller=true: kube-runtime maps child events back to the backend by it.
+        // blockOwnerDeletion: a foreground deletion of the backend waits for its children.
+        owner_references: backend
+            .controller_owner_ref(&())
+            .map(|r| vec![OwnerReference { block_owner_deletion: Some(true), ..r }]),
         ..ObjectMeta::default()
     }
 }
@@ -96,7 +99,10 @@ fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Cont
     let mut env = vec![env_var("SPAWNER_APP_PORT", app_port.to_string())];
     let mut volume_mounts = None;
     if token {
-        env.push(env_var("SPAWNER_TOKEN_FILE", format!("{TOKEN_MOUNT_PATH}/{}", crate::controllers::secret::TOKEN_KEY)));
+        env.push(env_var(
+            "SPAWNER_TOKEN_FILE",
+            format!("{TOKEN_MOUNT_PATH}/{}", crate::controllers::secret::TOKEN_KEY),
+        ));
         volume_mounts = Some(vec![VolumeMount {
             name: TOKEN_VOLUME.to_string(),
             mount_path: TOKEN_MOUNT_PATH.to_string(),
@@ -109,10 +115,7 @@ fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Cont
         image: Some(config.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         env: Some(env),
-        ports: Some(vec![
-            port("proxy", names::SIDECAR_PROXY_PORT),
-            port("admin", names::SIDECAR_ADMIN_PORT),
-        ]),
+        ports: Some(vec![port("proxy", names::SIDECAR_PROXY_PORT), port("admin", names::SIDECAR_ADMIN_PORT)]),
         readiness_probe: Some(admin_probe("/readyz", 1)),
         liveness_probe: Some(admin_probe("/healthz", 10)),
         security_context: Some(SecurityContext {

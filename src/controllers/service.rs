@@ -10,7 +10,8 @@ use crate::names;
 /// The Service of `backend`: ClusterIP, port 80 to the sidecar's proxy port (or straight to the
 /// application without a sidecar). The sidecar's admin port is never exposed.
 pub fn build_service(backend: &SessionLivedBackend) -> Service {
-    let target = if backend.spec.sidecar.inject { i32::from(names::SIDECAR_PROXY_PORT) } else { backend.spec.http_port };
+    let target =
+        if backend.spec.sidecar.inject { i32::from(names::SIDECAR_PROXY_PORT) } else { backend.spec.http_port };
     let mut selector = labels(backend);
     selector.remove(names::MANAGED_BY_LABEL);
     Service {

@@ -71,14 +71,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in life order (for metrics that report all of them).
-    pub const ALL: [Phase; 6] = [
-        Phase::Pending,
-        Phase::Scheduled,
-        Phase::Running,
-        Phase::Ready,
-        Phase::Failed,
-        Phase::Terminating,
-    ];
+    pub const ALL: [Phase; 6] =
+        [Phase::Pending, Phase::Scheduled, Phase::Running, Phase::Ready, Phase::Failed, Phase::Terminating];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -94,18 +94,13 @@ impl Metrics {
         let connected_streams = Gauge::default();
         let stream_errors = Family::<StreamErrorLabels, Counter>::default();
         let sweeps = Family::<SweepLabels, Counter>::default();
-        let sweep_lateness =
-            Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let sweep_lateness = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register(
             "followed_backends",
             "Backends on this node whose sidecar event stream is followed",
             followed_backends.clone(),
         );
-        registry.register(
-            "connected_streams",
-            "Sidecar event streams currently connected",
-            connected_streams.clone(),
-        );
+        registry.register("connected_streams", "Sidecar event streams currently connected", connected_streams.clone());
         registry.register(
             "stream_errors",
             "Event stream failures by kind (each is retried; none leads to a sweep)",
@@ -144,14 +139,17 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until `shutdown`, then lets open requests finish.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics and /healthz");
+/// Binds the metrics port (separately from serving, so a taken port fails at startup).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`, then lets open requests
+/// finish.
+pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -170,8 +168,7 @@ pub async fn serve(
             let metrics = metrics.clone();
             async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(err) = conn.await {
@@ -180,16 +177,13 @@ pub async fn serve(
         });
     }
     graceful.shutdown().await;
-    Ok(())
 }
 
 fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
+        (&Method::GET, "/metrics") => {
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+        }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     };

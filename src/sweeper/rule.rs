@@ -55,7 +55,11 @@ mod tests {
         let grace = Duration::from_secs(10);
         let cases: &[(&str, IdleState, Option<Duration>)] = &[
             ("fresh idle backend sweeps a full grace later", state(true, 0, Some(0)), Some(grace)),
-            ("partly idle backend sweeps after the remainder", state(true, 0, Some(4_000)), Some(Duration::from_secs(6))),
+            (
+                "partly idle backend sweeps after the remainder",
+                state(true, 0, Some(4_000)),
+                Some(Duration::from_secs(6)),
+            ),
             ("backend idle exactly the grace period sweeps now", state(true, 0, Some(10_000)), Some(Duration::ZERO)),
             ("backend idle past the grace period sweeps now", state(true, 0, Some(3_600_000)), Some(Duration::ZERO)),
             ("one live connection keeps the backend", state(true, 1, None), None),

@@ -69,9 +69,8 @@ pub fn run(args: &Args) -> Result<()> {
     let app_addr: SocketAddr = app.first_line()?.strip_prefix("listening ").context("app banner")?.parse()?;
     wait_http(app_addr)?;
 
-    let mut results = Vec::new();
-    results.push(measure("direct", app_addr, None, args)?);
-
+    // All proxies run side by side (idle ones cost nothing), so the measurements below can be
+    // interleaved and a burst of load from elsewhere on the machine hits them all alike.
     let mut sidecar = Proc::spawn(
         "sidecar",
         Command::new(&sidecar_bin).args([
@@ -86,37 +85,84 @@ pub fn run(args: &Args) -> Result<()> {
         ]),
     )?;
     let banner = sidecar.first_line()?;
-    let proxy: SocketAddr = banner
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("proxy="))
-        .context("sidecar banner")?
-        .parse()?;
-    wait_http(proxy)?;
-    results.push(measure("spawner-sidecar", proxy, Some(&[sidecar.pid()]), args)?);
-    sidecar.stop();
+    let sidecar_addr: SocketAddr =
+        banner.split_whitespace().find_map(|w| w.strip_prefix("proxy=")).context("sidecar banner")?.parse()?;
 
-    let port = free_port()?;
+    let nginx_port = free_port()?;
     let nginx_dir = work.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
-    std::fs::write(nginx_dir.join("nginx.conf"), nginx_conf(port, app_addr, &nginx_dir))?;
+    std::fs::write(nginx_dir.join("nginx.conf"), nginx_conf(nginx_port, app_addr, &nginx_dir))?;
     let mut nginx = Proc::spawn(
         "nginx",
         Command::new("nginx").arg("-p").arg(&nginx_dir).arg("-c").arg(nginx_dir.join("nginx.conf")),
     )?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_http(addr)?;
-    let pids = process_tree(nginx.pid());
-    results.push(measure("nginx", addr, Some(&pids), args)?);
-    nginx.stop();
 
-    let port = free_port()?;
+    let haproxy_port = free_port()?;
     let cfg = work.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_conf(port, app_addr))?;
+    std::fs::write(&cfg, haproxy_conf(haproxy_port, app_addr))?;
     let mut haproxy = Proc::spawn("haproxy", Command::new("haproxy").arg("-db").arg("-f").arg(&cfg))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_http(addr)?;
-    let pids = process_tree(haproxy.pid());
-    results.push(measure("haproxy", addr, Some(&pids), args)?);
+
+    let targets: Vec<(&'static str, SocketAddr, Option<Vec<u32>>)> = vec![
+        ("direct", app_addr, None),
+        ("spawner-sidecar", sidecar_addr, Some(vec![sidecar.pid()])),
+        ("nginx", SocketAddr::from(([127, 0, 0, 1], nginx_port)), Some(process_tree(nginx.pid()))),
+        ("haproxy", SocketAddr::from(([127, 0, 0, 1], haproxy_port)), Some(process_tree(haproxy.pid()))),
+    ];
+    let mut results: Vec<Measured> = Vec::new();
+    for (name, addr, pids) in &targets {
+        wait_http(*addr)?;
+        results.push(Measured { name, rss_idle_kib: pids.as_deref().map(rss_kib), ..Measured::default() });
+    }
+    // HTTP: warm every target, then measure each in turn.
+    for (_, addr, _) in &targets {
+        wrk(*addr, 2, args.connections)?;
+    }
+    for ((name, addr, _), m) in targets.iter().zip(&mut results) {
+        eprintln!("wrk through {name} ({} s)", args.duration);
+        (m.req_per_s, m.p50_ms, m.p99_ms) = wrk(*addr, args.duration, args.connections)?;
+    }
+    // WebSocket round trips: interleaved rounds, samples pooled per target.
+    eprintln!("WebSocket echo round trips");
+    let mut sockets = targets.iter().map(|(_, addr, _)| ws_open(*addr)).collect::<Result<Vec<_>>>()?;
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut busy: Vec<Duration> = vec![Duration::ZERO; targets.len()];
+    const ROUNDS: u32 = 10;
+    for round in 0..=ROUNDS {
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            // Round 0 warms up and is not recorded.
+            let n = if round == 0 { 200 } else { args.round_trips / ROUNDS };
+            let started = Instant::now();
+            let lat = ws_round_trips(ws, n)?;
+            if round > 0 {
+                busy[i] += started.elapsed();
+                samples[i].extend(lat);
+            }
+        }
+    }
+    drop(sockets);
+    for ((m, mut s), busy) in results.iter_mut().zip(samples).zip(busy) {
+        s.sort_by(f64::total_cmp);
+        let pct = |p: f64| s[((s.len() as f64 * p) as usize).min(s.len() - 1)];
+        (m.ws_p50_us, m.ws_p99_us, m.ws_per_s) = (pct(0.50), pct(0.99), s.len() as f64 / busy.as_secs_f64());
+    }
+    // Memory with idle WebSockets, one proxy at a time.
+    for ((name, addr, pids), m) in targets.iter().zip(&mut results) {
+        let Some(pids) = pids else { continue };
+        eprintln!("{} idle WebSockets through {name}", args.websockets);
+        let mut held = Vec::with_capacity(args.websockets);
+        for _ in 0..args.websockets {
+            held.push(ws_open(*addr)?);
+        }
+        // Prove they are all alive through the proxy, then let it settle before reading.
+        for ws in held.iter_mut() {
+            ws_echo(ws, b"ping")?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        m.rss_ws_kib = Some(rss_kib(pids));
+        drop(held);
+    }
+    sidecar.stop();
+    nginx.stop();
     haproxy.stop();
     app.stop();
     let _ = std::fs::remove_dir_all(&work);
@@ -128,13 +174,19 @@ pub fn run(args: &Args) -> Result<()> {
 fn ensure_tools() -> Result<()> {
     let missing: Vec<&str> = ["nginx", "haproxy", "wrk"]
         .into_iter()
-        .filter(|t| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map_or(true, |o| !o.status.success()))
+        .filter(|t| {
+            Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map_or(true, |o| !o.status.success())
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("installing {missing:?} (apt-get)");
-    let status = Command::new("apt-get").args(["install", "-y"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+    let status = Command::new("apt-get")
+        .args(["install", "-y"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
     ensure!(status.success(), "apt-get install -y {} failed (try `apt-get update` first)", missing.join(" "));
     Ok(())
 }
@@ -209,11 +261,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         Ok(Self { name, child })
     }
 
@@ -272,7 +321,9 @@ fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .filter_map(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
         })
         .sum()
 }
@@ -307,33 +358,6 @@ struct Measured {
     ws_per_s: f64,
     rss_idle_kib: Option<u64>,
     rss_ws_kib: Option<u64>,
-}
-
-fn measure(name: &'static str, addr: SocketAddr, pids: Option<&[u32]>, args: &Args) -> Result<Measured> {
-    eprintln!("measuring {name} at {addr}");
-    let mut m = Measured { name, ..Measured::default() };
-    m.rss_idle_kib = pids.map(rss_kib);
-    // Warm up, then measure.
-    wrk(addr, 2, args.connections)?;
-    let (rps, p50, p99) = wrk(addr, args.duration, args.connections)?;
-    (m.req_per_s, m.p50_ms, m.p99_ms) = (rps, p50, p99);
-    let (p50, p99, per_s) = ws_round_trips(addr, args.round_trips)?;
-    (m.ws_p50_us, m.ws_p99_us, m.ws_per_s) = (p50, p99, per_s);
-    if let Some(pids) = pids {
-        let mut sockets = Vec::with_capacity(args.websockets);
-        for _ in 0..args.websockets {
-            sockets.push(ws_open(addr)?);
-        }
-        // Let the proxy settle (lazy allocations after the handshakes), then read.
-        std::thread::sleep(Duration::from_millis(500));
-        // Prove they are all alive through the proxy before measuring.
-        for ws in sockets.iter_mut().step_by(97) {
-            ws_echo(ws, b"ping")?;
-        }
-        m.rss_ws_kib = Some(rss_kib(pids));
-        drop(sockets);
-    }
-    Ok(m)
 }
 
 /// Run wrk; returns (req/s, p50 ms, p99 ms).
@@ -403,24 +427,16 @@ fn ws_echo(tcp: &mut TcpStream, payload: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Sequential echo round trips on one WebSocket; (p50 us, p99 us, round trips per second).
-fn ws_round_trips(addr: SocketAddr, n: u32) -> Result<(f64, f64, f64)> {
-    let mut tcp = ws_open(addr)?;
+/// `n` sequential echo round trips of a 32-byte message; the latency of each, in microseconds.
+fn ws_round_trips(tcp: &mut TcpStream, n: u32) -> Result<Vec<f64>> {
     let payload = [7u8; 32];
-    for _ in 0..200 {
-        ws_echo(&mut tcp, &payload)?;
-    }
     let mut samples = Vec::with_capacity(n as usize);
-    let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        ws_echo(&mut tcp, &payload)?;
+        ws_echo(tcp, &payload)?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let per_s = n as f64 / start.elapsed().as_secs_f64();
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    Ok((pct(0.50), pct(0.99), per_s))
+    Ok(samples)
 }
 
 fn print_table(results: &[Measured], args: &Args) {
@@ -436,7 +452,9 @@ fn print_table(results: &[Measured], args: &Args) {
         args.duration, args.connections, args.round_trips, args.websockets
     );
     println!();
-    println!("| target | req/s | vs nginx | p50 ms | p99 ms | p99 added ms | vs nginx | ws rtt p50 us | ws rtt p99 us | vs nginx | RSS idle MiB | vs nginx | RSS 1k WS MiB | vs nginx |");
+    println!(
+        "| target | req/s | vs nginx | p50 ms | p99 ms | p99 added ms | vs nginx | ws rtt p50 us | ws rtt p99 us | vs nginx | RSS idle MiB | vs nginx | RSS 1k WS MiB | vs nginx |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let added = |r: &Measured| direct.map(|d| r.p99_ms - d.p99_ms);
     for r in results {

@@ -1,0 +1,101 @@
+//! What every reconciliation shares: the client, the settings, the Event recorder, the metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+
+use crate::controllers::metrics::Metrics;
+use crate::controllers::pod::SidecarConfig;
+
+/// Default base of the URLs in `status.url` (the local cluster's NodePort).
+pub const DEFAULT_BASE_URL: &str = "http://localhost:30080";
+/// Default time a Failed backend is kept (for `kubectl describe`) before it is deleted.
+pub const DEFAULT_FAILED_RETENTION: Duration = Duration::from_secs(600);
+
+/// The controller's settings (from its command line).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Base of `status.url`: `<base_url>/p/<namespace>/<name>/`.
+    pub base_url: String,
+    pub sidecar: SidecarConfig,
+    /// How long a Failed backend is kept before it is deleted.
+    pub failed_retention: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_string(),
+            sidecar: SidecarConfig::default(),
+            failed_retention: DEFAULT_FAILED_RETENTION,
+        }
+    }
+}
+
+/// Where "now" comes from: the wall clock, or a fixed instant in unit tests.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// State shared by all reconciliations.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    /// One recorder for the whole controller: it deduplicates repeated Events into series.
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// Consecutive failures per backend (namespace/name), for the error policy's backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Caches of the Pods and Services Spawner made, filled by the same watches that trigger
+    /// reconciliations (so a trigger never outruns its cache). `None` in unit tests: reads go to
+    /// the API server.
+    pub children: Option<(Store<Pod>, Store<Service>)>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: crate::names::CONTROLLER.to_string(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            clock: Arc::new(Timestamp::now),
+            failures: Mutex::default(),
+            children: None,
+        }
+    }
+
+    /// Same context reading Pods and Services from these caches first.
+    pub fn with_children(mut self, pods: Store<Pod>, services: Store<Service>) -> Self {
+        self.children = Some((pods, services));
+        self
+    }
+
+    /// Same context with a fixed clock (unit tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Records one more failure of `key` and returns how many in a row.
+    pub fn failed(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}

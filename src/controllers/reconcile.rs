@@ -1,0 +1,300 @@
+//! One reconciliation of one backend, as named steps: expire → read children → create what is
+//! missing → derive status → write status → announce → requeue for the next deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::controllers::context::Context;
+use crate::controllers::status::{PodView, derive_status, reason};
+use crate::controllers::{Error, lifetime, pod, secret, service};
+use crate::crd::{AuthMode, FIELD_MANAGER, Phase, SessionLivedBackend};
+
+/// How soon to look again while an old child of the same name (from a deleted backend) is
+/// being garbage-collected.
+const FOREIGN_CHILD_RETRY: Duration = Duration::from_secs(1);
+
+/// Brings the cluster in line with one backend. Idempotent: every step reads what exists and
+/// only writes what is missing or changed, so a restarted controller picks up where it stopped.
+pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let namespace = backend.namespace().ok_or_else(|| Error::NotNamespaced(backend.name_any()))?;
+    let name = backend.name_any();
+    let id = format!("{namespace}/{name}");
+    let now = ctx.now();
+    let deleting = backend.metadata.deletion_timestamp.is_some();
+    let old_phase = backend.status.as_ref().and_then(|s| s.phase);
+
+    if !deleting && let Some(expiry) = lifetime::expiry(&backend, now, ctx.config.failed_retention) {
+        info!(backend = %id, reason = expiry.reason, "deleting backend");
+        publish(&ctx, &backend, EventType::Normal, expiry.reason, expiry.message).await;
+        delete_backend(&ctx, &backend, &namespace).await?;
+        ctx.succeeded(&id);
+        return Ok(Action::await_change());
+    }
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut waiting_for_gc = false;
+    let mut outcome = PodOutcome::Gone;
+    let over = deleting || old_phase == Some(Phase::Failed);
+
+    // A backend never reconciled has, in all likelihood, no children yet: create them straight
+    // away, saving two reads per backend in a burst. Applying is idempotent, so a pod made by a
+    // controller that crashed before writing status is simply applied again; anything
+    // unexpected (an old namesake's pod, a refusal) falls through to the careful path below.
+    if !over && backend.status.is_none() {
+        match create_children(&ctx, &backend, &pods, &services, &namespace, &id).await {
+            Ok(pod) => outcome = PodOutcome::Created(pod),
+            Err(e) => debug!(backend = %id, error = %e, "creating children directly failed; checking what exists"),
+        }
+    }
+
+    if !over && !matches!(outcome, PodOutcome::Created(_)) {
+        let (found_pod, found_service) = futures::try_join!(
+            find(ctx.children.as_ref().map(|(pods, _)| pods), &pods, &namespace, &name, "Pod", &id),
+            find(ctx.children.as_ref().map(|(_, services)| services), &services, &namespace, &name, "Service", &id),
+        )?;
+        waiting_for_gc = found_pod.as_ref().is_some_and(|p| !owned_by(p, &backend))
+            || found_service.as_ref().is_some_and(|s| !owned_by(s, &backend));
+
+        if !waiting_for_gc {
+            // Service and pod are independent: create them concurrently.
+            let service_step = async {
+                match found_service {
+                    Some(_) => Ok(()),
+                    None => apply(&services, &name, &service::build_service(&backend), "Service", &id).await.map(drop),
+                }
+            };
+            let pod_step = async {
+                match found_pod {
+                    Some(found) => Ok(PodOutcome::Existing(found)),
+                    None if had_pod(&backend) => Ok(PodOutcome::Gone),
+                    None => create_pod(&ctx, &backend, &pods, &namespace, &id).await,
+                }
+            };
+            outcome = futures::try_join!(service_step, pod_step)?.1;
+        }
+    }
+
+    let view = match &outcome {
+        PodOutcome::Existing(pod) | PodOutcome::Created(pod) => PodView::Exists(pod),
+        PodOutcome::Rejected(message) => PodView::Rejected(message),
+        PodOutcome::Gone if !over && !waiting_for_gc && had_pod(&backend) => PodView::Lost,
+        PodOutcome::Gone => PodView::NotCreated,
+    };
+    let (status, transitions) = derive_status(&backend, view, now, &ctx.config.base_url);
+
+    if backend.status.as_ref() != Some(&status) {
+        write_status(&ctx, &backend, &namespace, &status, &id).await?;
+    }
+    if matches!(outcome, PodOutcome::Created(_)) {
+        let message = format!("created pod {name}");
+        publish(&ctx, &backend, EventType::Normal, reason::POD_CREATED, message).await;
+    }
+    for t in transitions {
+        debug!(backend = %id, reason = t.reason, "transition");
+        if t.reason == reason::READY
+            && let Some(created_at) = &backend.metadata.creation_timestamp
+            && let Ok(after) = Duration::try_from(now.duration_since(created_at.0))
+        {
+            ctx.metrics.backend_ready(after);
+        }
+        publish(&ctx, &backend, t.type_, t.reason, t.message).await;
+    }
+
+    ctx.succeeded(&id);
+    if waiting_for_gc {
+        debug!(backend = %id, "an old Pod or Service of the same name is still being deleted");
+        return Ok(Action::requeue(FOREIGN_CHILD_RETRY));
+    }
+    Ok(match lifetime::next_deadline(&backend, &status, now, ctx.config.failed_retention) {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// What became of the backend's pod in this reconciliation.
+enum PodOutcome {
+    /// It was there already.
+    Existing(Pod),
+    /// Created just now.
+    Created(Pod),
+    /// The API server refused it for good: the spec cannot make an acceptable pod.
+    Rejected(String),
+    /// Not there, and not created (it existed once, or the backend is over).
+    Gone,
+}
+
+/// Creates (applies) the Service, and the Secret then the pod, concurrently.
+async fn create_children(
+    ctx: &Context,
+    backend: &SessionLivedBackend,
+    pods: &Api<Pod>,
+    services: &Api<Service>,
+    namespace: &str,
+    id: &str,
+) -> Result<Pod, Error> {
+    let name = backend.name_any();
+    let service = service::build_service(backend);
+    let service_step = apply(services, &name, &service, "Service", id);
+    let pod_step = async {
+        if backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token {
+            ensure_secret(ctx, backend, namespace, id).await?;
+        }
+        apply(pods, &name, &pod::build_pod(backend, &ctx.config.sidecar), "Pod", id).await
+    };
+    Ok(futures::try_join!(service_step, pod_step)?.1)
+}
+
+/// Creates the token Secret when auth needs one, then the pod.
+async fn create_pod(
+    ctx: &Context,
+    backend: &SessionLivedBackend,
+    pods: &Api<Pod>,
+    namespace: &str,
+    id: &str,
+) -> Result<PodOutcome, Error> {
+    if backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token {
+        ensure_secret(ctx, backend, namespace, id).await?;
+    }
+    let pod = pod::build_pod(backend, &ctx.config.sidecar);
+    match apply(pods, &backend.name_any(), &pod, "Pod", id).await {
+        Ok(pod) => Ok(PodOutcome::Created(pod)),
+        Err(Error::Api { source: kube::Error::Api(status), .. }) if refused_for_good(&status) => {
+            warn!(backend = %id, message = %status.message, "the API server refused the pod");
+            Ok(PodOutcome::Rejected(status.message))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the API server refused a pod for a reason retrying cannot fix: invalid (400, 422)
+/// or against the namespace's Pod Security level. Other refusals (quota, RBAC, a terminating
+/// namespace) may pass later and are retried with backoff.
+fn refused_for_good(status: &kube::core::Status) -> bool {
+    status.code == 400 || status.code == 422 || (status.code == 403 && status.message.contains("violates PodSecurity"))
+}
+
+/// Backs off per backend: 0.5 s, 1 s, 2 s ... up to 5 minutes, reset by the next success.
+pub fn error_policy(backend: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>) -> Action {
+    let id = format!("{}/{}", backend.namespace().unwrap_or_default(), backend.name_any());
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let attempt = ctx.failed(&id);
+    let delay =
+        Duration::from_millis(500).saturating_mul(1 << attempt.min(10).saturating_sub(1)).min(Duration::from_secs(300));
+    warn!(backend = %id, error = %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Whether the object's controller owner reference is this very backend (same uid): a child of
+/// a deleted backend with the same name must not be adopted.
+fn owned_by<K: Resource>(child: &K, backend: &SessionLivedBackend) -> bool {
+    let uid = backend.metadata.uid.as_deref();
+    child.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+}
+
+/// Whether the backend's pod existed before (the pod is the session: it is never recreated).
+fn had_pod(backend: &SessionLivedBackend) -> bool {
+    backend.status.as_ref().is_some_and(|s| {
+        s.started_at.is_some() || matches!(s.phase, Some(Phase::Scheduled | Phase::Running | Phase::Ready))
+    })
+}
+
+/// The child from the cache, or from the API server when the cache does not have it (a cache
+/// still filling after a restart, or a child created a moment ago): "missing" is only ever
+/// concluded from the API server, never from a cache.
+async fn find<K>(
+    cache: Option<&Store<K>>,
+    api: &Api<K>,
+    namespace: &str,
+    name: &str,
+    kind: &'static str,
+    id: &str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(cached) = cache.and_then(|c| c.get(&ObjectRef::new(name).within(namespace))) {
+        return Ok(Some((*cached).clone()));
+    }
+    api.get_opt(name).await.map_err(|e| Error::api("get", kind, id, e))
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, object: &K, kind: &'static str, id: &str) -> Result<K, Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(name, &params, &Patch::Apply(object)).await.map_err(|e| Error::api("apply", kind, id, e))
+}
+
+/// Creates the token Secret unless it exists. Never updates it: the token is handed out once.
+async fn ensure_secret(ctx: &Context, backend: &SessionLivedBackend, namespace: &str, id: &str) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets
+        .create(
+            &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() },
+            &secret::build_secret(backend),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+        Err(e) => Err(Error::api("create", "Secret", id, e)),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    backend: &SessionLivedBackend,
+    namespace: &str,
+    status: &crate::crd::SessionLivedBackendStatus,
+    id: &str,
+) -> Result<(), Error> {
+    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": SessionLivedBackend::api_version(&()),
+        "kind": SessionLivedBackend::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch_status(&backend.name_any(), &params, &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile: nothing left to report on.
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::api("patch status of", "SessionLivedBackend", id, e)),
+    }
+}
+
+async fn delete_backend(ctx: &Context, backend: &SessionLivedBackend, namespace: &str) -> Result<(), Error> {
+    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), namespace);
+    // The uid precondition keeps a new backend that reuses the name safe from an old deadline.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: backend.metadata.uid.clone(), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&backend.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        Err(e) => Err(Error::api("delete", "SessionLivedBackend", &format!("{namespace}/{}", backend.name_any()), e)),
+    }
+}
+
+/// Publishes an Event on the backend. A lost Event is logged, never fatal: it must not stop
+/// the pod from being created or the status from being written.
+async fn publish(ctx: &Context, backend: &SessionLivedBackend, type_: EventType, reason: &str, note: String) {
+    let event =
+        Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".to_string(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &backend.object_ref(&())).await {
+        warn!(backend = %backend.name_any(), reason, error = %e, "failed to publish Event");
+    }
+}

@@ -1,0 +1,345 @@
+//! A backend's status, derived from its pod.
+//!
+//! [`derive_status`] is a pure function: given the backend (with the status it has now), what
+//! the controller saw of its pod and the time, it returns the status to write and the phase
+//! transitions to announce as Events. Everything here is tested without a cluster.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use crate::controllers::lifetime;
+use crate::crd::{Condition, ConditionType, Phase, SessionLivedBackend, SessionLivedBackendStatus};
+use crate::names;
+
+/// Stable reasons, shared by conditions and Events (clients may match on them).
+pub mod reason {
+    pub const POD_CREATED: &str = "PodCreated";
+    pub const PENDING: &str = "Pending";
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    pub const SCHEDULED: &str = "Scheduled";
+    pub const RUNNING: &str = "Running";
+    pub const CONTAINERS_NOT_READY: &str = "ContainersNotReady";
+    pub const CONTAINER_WAITING: &str = "ContainerWaiting";
+    pub const READY: &str = "Ready";
+    pub const NOT_READY: &str = "NotReady";
+    pub const NOT_FAILED: &str = "NotFailed";
+    pub const INVALID_POD: &str = "InvalidPod";
+    pub const POD_FAILED: &str = "PodFailed";
+    pub const POD_LOST: &str = "PodLost";
+    pub const CONTAINER_TERMINATED: &str = "ContainerTerminated";
+    pub const STARTUP_TIMEOUT: &str = "StartupTimeout";
+    pub const MAX_LIFETIME_REACHED: &str = "MaxLifetimeReached";
+    pub const FAILED_RETENTION_EXPIRED: &str = "FailedRetentionExpired";
+    pub const TERMINATING: &str = "Terminating";
+}
+
+/// What the controller knows about the backend's pod.
+#[derive(Clone, Copy, Debug)]
+pub enum PodView<'a> {
+    /// No pod yet (or an old pod of the same name, owned by a deleted backend, is going away).
+    NotCreated,
+    /// The API server refused the pod; the message says why.
+    Rejected(&'a str),
+    /// The pod existed once and is gone, with the backend still there.
+    Lost,
+    /// The backend's pod.
+    Exists(&'a Pod),
+}
+
+/// A phase change worth an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Why a backend is over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+/// The status `backend` should have now, and the transitions since the status it has.
+pub fn derive_status(
+    backend: &SessionLivedBackend,
+    pod: PodView<'_>,
+    now: Timestamp,
+    base_url: &str,
+) -> (SessionLivedBackendStatus, Vec<Transition>) {
+    let old = backend.status.clone().unwrap_or_default();
+    let generation = backend.metadata.generation;
+    let mut new = old.clone();
+    new.url = Some(url(base_url, &backend.namespace().unwrap_or_default(), &backend.name_any()));
+    new.observed_generation = generation;
+
+    if backend.metadata.deletion_timestamp.is_some() {
+        new.phase = Some(Phase::Terminating);
+        let transitions = announce(old.phase, &new, None);
+        return (new, transitions);
+    }
+    // Failed is final: the pod may still change (a timed-out pod getting Ready), the backend
+    // does not come back.
+    if old.phase == Some(Phase::Failed) {
+        return (new, Vec::new());
+    }
+
+    let pod_ref = match pod {
+        PodView::Exists(pod) => Some(pod),
+        _ => None,
+    };
+    let pod_status = pod_ref.and_then(|p| p.status.as_ref());
+    let node = pod_ref.and_then(|p| p.spec.as_ref()).and_then(|s| s.node_name.clone());
+    let pod_ready = pod_status.is_some_and(|s| pod_condition_true(s.conditions.as_deref(), "Ready"));
+    let ever_ready = old.ready_at.is_some() || pod_ready;
+
+    let failure = match pod {
+        PodView::Rejected(message) => Some(Failure { reason: reason::INVALID_POD, message: message.to_string() }),
+        PodView::Lost => Some(Failure {
+            reason: reason::POD_LOST,
+            message: "the backend's pod was deleted; a backend's session cannot be restarted".to_string(),
+        }),
+        PodView::Exists(pod) => pod_failure(pod),
+        PodView::NotCreated => None,
+    }
+    .or_else(|| {
+        (!ever_ready && lifetime::startup_timed_out(backend, now)).then(|| Failure {
+            reason: reason::STARTUP_TIMEOUT,
+            message: format!("not Ready within startupTimeoutSeconds ({}s)", backend.spec.startup_timeout_seconds),
+        })
+    });
+
+    if let Some(node) = &node {
+        new.node_name = Some(node.clone());
+    }
+    if let Some(ip) = pod_status.and_then(|s| s.pod_ip.clone()) {
+        new.pod_ip = Some(ip);
+    }
+    if new.started_at.is_none() {
+        new.started_at = pod_ref.and_then(app_started_at);
+    }
+    if pod_ready && new.ready_at.is_none() {
+        let kubelet_time = pod_status
+            .and_then(|s| pod_condition(s.conditions.as_deref(), "Ready"))
+            .and_then(|c| c.last_transition_time.clone());
+        new.ready_at = Some(kubelet_time.unwrap_or_else(|| time(now)));
+    }
+
+    let containers_running = pod_status
+        .and_then(|s| s.container_statuses.as_deref())
+        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())));
+    let phase = if failure.is_some() {
+        Phase::Failed
+    } else if pod_ready {
+        Phase::Ready
+    } else if containers_running {
+        Phase::Running
+    } else if node.is_some() {
+        Phase::Scheduled
+    } else {
+        Phase::Pending
+    };
+    new.phase = Some(phase);
+    if phase == Phase::Failed {
+        new.failed_at = Some(time(now));
+    }
+
+    let conditions = [
+        scheduled_condition(pod_ref, node.as_deref()),
+        ready_condition(phase, pod_ref, failure.as_ref()),
+        match &failure {
+            Some(f) => (ConditionType::Failed, true, f.reason, f.message.clone()),
+            None => (ConditionType::Failed, false, reason::NOT_FAILED, String::new()),
+        },
+    ];
+    new.conditions = conditions
+        .into_iter()
+        .map(|(type_, status, reason, message)| {
+            condition(&old.conditions, type_, status, reason, message, generation, now)
+        })
+        .collect();
+
+    let transitions = announce(old.phase, &new, failure.as_ref());
+    (new, transitions)
+}
+
+/// `<base-url>/p/<namespace>/<name>/`: the reverse proxy's route to the backend.
+pub fn url(base_url: &str, namespace: &str, name: &str) -> String {
+    format!("{}/p/{namespace}/{name}/", base_url.trim_end_matches('/'))
+}
+
+/// API times have second precision; truncating keeps an unchanged status equal to the stored one.
+pub fn time(ts: Timestamp) -> Time {
+    Time(Timestamp::from_second(ts.as_second()).unwrap_or(ts))
+}
+
+fn announce(old: Option<Phase>, new: &SessionLivedBackendStatus, failure: Option<&Failure>) -> Vec<Transition> {
+    let Some(phase) = new.phase else { return Vec::new() };
+    if old == Some(phase) {
+        return Vec::new();
+    }
+    let node = new.node_name.as_deref().unwrap_or("?");
+    let normal = |reason, message: String| Transition { type_: EventType::Normal, reason, message };
+    let mut out = Vec::new();
+    // Reconciles coalesce pod updates, so a backend can jump from Pending to Ready: say where it
+    // was scheduled anyway.
+    let was_scheduled = matches!(old, Some(Phase::Scheduled | Phase::Running | Phase::Ready));
+    if matches!(phase, Phase::Running | Phase::Ready) && !was_scheduled {
+        out.push(normal(reason::SCHEDULED, format!("pod scheduled to node {node}")));
+    }
+    match phase {
+        Phase::Pending => {}
+        Phase::Scheduled => out.push(normal(reason::SCHEDULED, format!("pod scheduled to node {node}"))),
+        Phase::Running if old == Some(Phase::Ready) => out.push(Transition {
+            type_: EventType::Warning,
+            reason: reason::NOT_READY,
+            message: "the backend stopped passing its readiness probe".to_string(),
+        }),
+        Phase::Running => out.push(normal(reason::RUNNING, "containers running, waiting for readiness".to_string())),
+        Phase::Ready => out.push(normal(reason::READY, format!("ready at {}", new.url.as_deref().unwrap_or("?")))),
+        Phase::Failed => {
+            let f = failure.cloned().unwrap_or(Failure { reason: reason::POD_FAILED, message: String::new() });
+            out.push(Transition { type_: EventType::Warning, reason: f.reason, message: f.message });
+        }
+        Phase::Terminating => out.push(normal(reason::TERMINATING, "backend is being deleted".to_string())),
+    }
+    out
+}
+
+type ConditionParts = (ConditionType, bool, &'static str, String);
+
+fn scheduled_condition(pod: Option<&Pod>, node: Option<&str>) -> ConditionParts {
+    if let Some(node) = node {
+        return (ConditionType::Scheduled, true, reason::SCHEDULED, format!("pod bound to node {node}"));
+    }
+    let scheduler =
+        pod.and_then(|p| p.status.as_ref()).and_then(|s| pod_condition(s.conditions.as_deref(), "PodScheduled"));
+    match scheduler {
+        Some(c) if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") => {
+            (ConditionType::Scheduled, false, reason::UNSCHEDULABLE, c.message.clone().unwrap_or_default())
+        }
+        _ => (ConditionType::Scheduled, false, reason::PENDING, "waiting for a node".to_string()),
+    }
+}
+
+fn ready_condition(phase: Phase, pod: Option<&Pod>, failure: Option<&Failure>) -> ConditionParts {
+    let ready = |status, reason, message: &str| (ConditionType::Ready, status, reason, message.to_string());
+    if let Some(f) = failure {
+        return ready(false, f.reason, &f.message);
+    }
+    match phase {
+        Phase::Ready => ready(true, reason::READY, "the backend accepts connections"),
+        Phase::Pending => ready(false, reason::PENDING, "waiting for the pod to be scheduled"),
+        _ => match pod.and_then(waiting_container) {
+            Some(message) => ready(false, reason::CONTAINER_WAITING, &message),
+            None => ready(false, reason::CONTAINERS_NOT_READY, "waiting for the containers to be ready"),
+        },
+    }
+}
+
+fn condition(
+    old: &[Condition],
+    type_: ConditionType,
+    status: bool,
+    reason: &str,
+    message: String,
+    observed_generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = old
+        .iter()
+        .find(|c| c.type_ == type_.as_str() && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| time(now));
+    Condition {
+        type_: type_.as_str().to_string(),
+        status,
+        reason: reason.to_string(),
+        message: truncate(message, 32 * 1024),
+        last_transition_time,
+        observed_generation,
+    }
+}
+
+/// Why the pod means the backend is over, if it does. With restartPolicy Never any terminated
+/// container is final, even while the others (the sidecar) still run.
+fn pod_failure(pod: &Pod) -> Option<Failure> {
+    let status = pod.status.as_ref()?;
+    let terminated = status.container_statuses.iter().flatten().find_map(|c| {
+        let t = c.state.as_ref()?.terminated.as_ref()?;
+        let why = t.reason.as_deref().unwrap_or("Terminated");
+        let detail = t.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        Some(format!("container {} exited with code {} ({why}){detail}", c.name, t.exit_code))
+    });
+    if let Some(message) = terminated {
+        return Some(Failure { reason: reason::CONTAINER_TERMINATED, message });
+    }
+    if matches!(status.phase.as_deref(), Some("Failed" | "Succeeded")) {
+        let why =
+            [status.reason.as_deref(), status.message.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(": ");
+        let phase = status.phase.as_deref().unwrap_or_default();
+        return Some(Failure { reason: reason::POD_FAILED, message: format!("pod {phase}: {why}") });
+    }
+    None
+}
+
+fn waiting_container(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.container_statuses.iter().flatten().find_map(|c: &ContainerStatus| {
+        let w = c.state.as_ref()?.waiting.as_ref()?;
+        let why = w.reason.as_deref().unwrap_or("Waiting");
+        // ContainerCreating is the normal path; only report the reasons a human must act on.
+        (why != "ContainerCreating" && why != "PodInitializing").then(|| {
+            let detail = w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+            format!("container {} waiting: {why}{detail}", c.name)
+        })
+    })
+}
+
+/// When the application container started (the first container; the sidecar does not count).
+fn app_started_at(pod: &Pod) -> Option<Time> {
+    let app = pod.spec.as_ref()?.containers.first()?.name.as_str();
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == app && c.name != names::SIDECAR_CONTAINER)?;
+    let state = status.state.as_ref()?;
+    state
+        .running
+        .as_ref()
+        .and_then(|r| r.started_at.clone())
+        .or_else(|| state.terminated.as_ref().and_then(|t| t.started_at.clone()))
+}
+
+fn pod_condition<'a>(
+    conditions: Option<&'a [k8s_openapi::api::core::v1::PodCondition]>,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    conditions?.iter().find(|c| c.type_ == type_)
+}
+
+fn pod_condition_true(conditions: Option<&[k8s_openapi::api::core::v1::PodCondition]>, type_: &str) -> bool {
+    pod_condition(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

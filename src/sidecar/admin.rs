@@ -1,0 +1,103 @@
+//! The admin port (never routed by the Service): the event stream for the sweeper, health,
+//! readiness and metrics.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::watch;
+
+use super::event::{EVENTS_PATH, HEARTBEAT};
+use super::metrics::Metrics;
+use super::state::{Snapshot, Tracker};
+
+/// Least time between two change events on one stream: a burst of requests becomes one event
+/// carrying the newest state instead of thousands.
+const MIN_EVENT_SPACING: Duration = Duration::from_millis(50);
+
+pub type AdminBody = BoxBody<Bytes, Infallible>;
+
+#[derive(Debug)]
+pub struct Admin {
+    pub tracker: Tracker,
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM: /readyz fails so no new traffic is routed here.
+    pub draining: AtomicBool,
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+        }
+        Ok(match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.draining.load(Ordering::Relaxed) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else if self.tracker.is_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "the app does not accept connections yet\n")
+                }
+            }
+            "/metrics" => {
+                let body = self.metrics.render(&self.tracker.snapshot());
+                let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                r
+            }
+            EVENTS_PATH => events(self.tracker.subscribe()),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        })
+    }
+}
+
+fn event_frame(snapshot: &Snapshot) -> Frame<Bytes> {
+    let json = serde_json::to_string(&snapshot.to_event(Instant::now())).expect("IdleState serializes");
+    Frame::data(Bytes::from(format!("data: {json}\n\n")))
+}
+
+/// The SSE stream: the state now, then on every change (newest wins) or every [`HEARTBEAT`].
+/// The body is polled only as fast as the client reads, and the watch channel keeps one value,
+/// so a stalled client costs one task and never holds up the proxy.
+fn events(rx: watch::Receiver<Snapshot>) -> Response<AdminBody> {
+    let stream = stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    tokio::time::sleep(MIN_EVENT_SPACING).await;
+                }
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+        let frame = event_frame(&rx.borrow_and_update());
+        Some((Ok::<_, Infallible>(frame), (rx, false)))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}

@@ -1,0 +1,159 @@
+//! Header rules of a forwarding proxy (RFC 9110 §7.6): hop-by-hop fields, upgrades and
+//! `X-Forwarded-*`. Pure functions over `HeaderMap`, so the rules are unit-tested without sockets.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// True when `value` (a comma-separated list) contains `token`, compared case-insensitively.
+pub fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn any_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| has_token(v, token))
+}
+
+/// The request asks for a protocol upgrade: an `Upgrade` field and the `upgrade` token anywhere
+/// in `Connection` (so `keep-alive, Upgrade` counts).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && any_has_token(headers, &header::CONNECTION, "upgrade")
+}
+
+/// The upgrade is to WebSocket (so the sidecar may speak its close handshake on shutdown).
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    any_has_token(headers, &header::UPGRADE, "websocket")
+}
+
+/// Remove the fields that describe this hop only: the ones `Connection` lists, `Connection`
+/// itself, `Keep-Alive`, `TE`, `Transfer-Encoding` (hyper frames each hop itself), `Proxy-*`.
+/// With `upgrade`, keep `Upgrade` and send `Connection: upgrade` so the next hop sees the
+/// handshake.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Only names other than the usual `keep-alive`/`close`/`upgrade` need collecting; the Vec
+    // does not allocate in the common case.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                listed.push(name);
+            }
+        }
+    }
+    for name in listed {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::TE);
+    headers.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Append the client to `X-Forwarded-For`; set `X-Forwarded-Proto` and `X-Forwarded-Host` unless
+/// a proxy in front (the cluster's nginx) already did.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+        None => client_ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn upgrade_token_counts_anywhere_in_connection_and_in_any_case() {
+        assert!(wants_upgrade(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(wants_upgrade(&map(&[("connection", "keep-alive"), ("connection", "UPGRADE"), ("upgrade", "h2c")])));
+        assert!(!wants_upgrade(&map(&[("connection", "upgraded"), ("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&map(&[("connection", "upgrade")])));
+        assert!(is_websocket(&map(&[("upgrade", "WebSocket")])));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_lists_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+            ("host", "example"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "host"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_a_plain_connection_upgrade() {
+        let mut h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_proto_and_host_are_kept_when_present() {
+        let ip = HeaderValue::from_static("10.0.0.7");
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("host", "h")]);
+        add_forwarded(&mut h, &ip);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "h");
+
+        let mut h = map(&[("host", "h:1")]);
+        add_forwarded(&mut h, &ip);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "h:1");
+    }
+}

@@ -1,0 +1,75 @@
+//! The controller's Ready path on a real node: needs the images (`cargo xtask images`:
+//! localhost/spawner/sidecar and localhost/spawner/netcheck loaded into the cluster).
+
+mod controller_support;
+mod support;
+
+use std::time::Duration;
+
+use controller_support::*;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+use spawner::crd::{Phase, SessionLivedBackend};
+use support::TestEnv;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn a_backend_gets_ready_and_kubectl_wait_returns() {
+    let env = TestEnv::new("ctl-ready").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    create(&env, &backend("ready", json!({}))).await;
+
+    let out = env.kubectl(&["wait", "--for=condition=Ready", "slab/ready", "--timeout=120s"]);
+    assert!(out.contains("condition met"), "{out}");
+    let backend = env.api::<SessionLivedBackend>().get("ready").await.unwrap();
+    let status = backend.status.clone().unwrap();
+    assert_eq!(status.phase, Some(Phase::Ready));
+    assert!(status.node_name.is_some() && status.pod_ip.is_some(), "{status:?}");
+    assert!(status.started_at.is_some() && status.ready_at.is_some(), "{status:?}");
+    assert_eq!(condition(&backend, "Failed").status, "False");
+    for reason in ["PodCreated", "Scheduled", "Ready"] {
+        wait_for_event(&env, "ready", reason, WAIT).await;
+    }
+    let pod = env.api::<Pod>().get("ready").await.unwrap();
+    let sidecar =
+        pod.status.unwrap().container_statuses.unwrap().into_iter().find(|c| c.name == "spawner-sidecar").unwrap();
+    assert!(sidecar.ready, "Ready comes from the sidecar's readiness probe");
+}
+
+#[tokio::test]
+async fn a_backend_without_the_sidecar_is_ready_when_its_app_is() {
+    let env = TestEnv::new("ctl-ready-bare").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    let template = json!({"containers": [{
+        "name": "app", "image": APP_IMAGE, "args": ["serve"],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+    }]});
+    create(
+        &env,
+        &backend("bare", json!({"template": template, "sidecar": {"inject": false}, "auth": {"mode": "None"}})),
+    )
+    .await;
+    let backends = env.api::<SessionLivedBackend>();
+    support::wait_for(&backends, "bare", has_condition("Ready", "True"), WAIT).await;
+    let pod = env.api::<Pod>().get("bare").await.unwrap();
+    assert_eq!(pod.spec.unwrap().containers.len(), 1);
+}
+
+#[tokio::test]
+async fn an_app_that_crashes_fails_the_backend_naming_its_exit_code() {
+    let env = TestEnv::new("ctl-crash").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    let template = json!({"containers": [{"name": "app", "image": APP_IMAGE, "args": ["exit", "3", "2"]}]});
+    create(&env, &backend("crash", json!({"template": template}))).await;
+    let backends = env.api::<SessionLivedBackend>();
+    let failed = support::wait_for(&backends, "crash", has_condition("Failed", "True"), WAIT).await.unwrap();
+    let condition = condition(&failed, "Failed");
+    assert_eq!(condition.reason, "ContainerTerminated");
+    assert!(condition.message.contains("container app exited with code 3"), "{}", condition.message);
+    let events = wait_for_event(&env, "crash", "ContainerTerminated", WAIT).await;
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+}

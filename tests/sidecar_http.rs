@@ -1,0 +1,376 @@
+//! The sidecar's HTTP proxying, readiness, auth, event stream, hostile input and shutdown, with
+//! the real binary on loopback in front of a real app.
+
+mod sidecar_support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use sidecar_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test]
+async fn keep_alive_requests_keep_host_drop_hop_by_hop_headers_and_append_forwarded_ones() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    let mut client = Client::connect(sidecar.proxy).await.unwrap();
+    for i in 0..3 {
+        let reply = client
+            .get(
+                "/echo-request?i=1",
+                &[
+                    ("connection", "keep-alive, X-Hop"),
+                    ("x-hop", "secret"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-authorization", "Basic abc"),
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-end-to-end", "kept"),
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on the same connection: {e}"));
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.json()["uri"], "/echo-request?i=1");
+        assert_eq!(reply.echoed_header("host"), Some(sidecar.proxy.to_string()));
+        assert_eq!(reply.echoed_header("x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
+        assert_eq!(reply.echoed_header("x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(reply.echoed_header("x-forwarded-host"), Some(sidecar.proxy.to_string()));
+        assert_eq!(reply.echoed_header("x-end-to-end").as_deref(), Some("kept"));
+        for hop in ["x-hop", "keep-alive", "proxy-authorization", "connection"] {
+            assert_eq!(reply.echoed_header(hop), None, "{hop} must not reach the app");
+        }
+    }
+    assert!(!client.is_closed(), "the client connection stays open (keep-alive)");
+}
+
+#[tokio::test]
+async fn large_uploads_and_downloads_stream_through() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    const SIZE: u64 = 64 * 1024 * 1024;
+
+    // Upload 64 MiB in 1 MiB chunks of a known pattern; the app counts as it reads.
+    let tcp = TcpStream::connect(sidecar.proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let chunk = Bytes::from(vec![3u8; 1024 * 1024]);
+    let chunks = futures::stream::iter(
+        (0..SIZE / chunk.len() as u64).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))),
+    );
+    let req = Request::post("/upload").header("host", "x").body(StreamBody::new(chunks)).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), format!("{SIZE} {}", SIZE * 3));
+
+    // Download 64 MiB, counting frames as they come instead of collecting.
+    let tcp = TcpStream::connect(sidecar.proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("/bytes?n={SIZE}"))
+        .header("host", "x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-length"], SIZE.to_string().as_str());
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        got += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(got, SIZE);
+}
+
+#[tokio::test]
+async fn a_long_response_counts_as_a_live_connection_until_its_body_ends() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    let mut events = sidecar.events().await;
+    events.until(|e| e.ready && e.connections == 0).await;
+
+    let tcp = TcpStream::connect(sidecar.proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        Request::get("/sse?count=5&ms=300").header("host", "x").body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    // The first event arrives on its own: nothing is buffered until the end.
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: 0\n\n");
+    let busy = events.until(|e| e.connections == 1).await;
+    assert_eq!(busy.idle_ms, None);
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+    }
+    events.until(|e| e.connections == 0).await;
+}
+
+#[tokio::test]
+async fn idle_time_grows_while_idle_and_resets_after_a_request() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    let mut events = sidecar.events().await;
+    let a = events.until(|e| e.idle_ms.is_some()).await.idle_ms.unwrap();
+    let b = events.until(|e| e.idle_ms.is_some_and(|ms| ms > a)).await.idle_ms.unwrap();
+    assert!(b > a);
+    // A request makes the backend busy, then idle again with a fresh (smaller) idle time.
+    let drip = tokio::spawn(get(sidecar.proxy, "/drip?count=3&ms=300"));
+    events.until(|e| e.connections == 1 && e.idle_ms.is_none()).await;
+    assert_eq!(drip.await.unwrap().unwrap().text(), "0\n1\n2\n");
+    let after = events.until(|e| e.connections == 0).await;
+    assert!(after.idle_ms.unwrap() < b + 5_000);
+}
+
+#[tokio::test]
+async fn clients_that_abort_and_apps_that_crash_leave_no_counted_connection() {
+    let (app, sidecar) = app_and_sidecar(&[]).await;
+    let mut events = sidecar.events().await;
+
+    // A client that goes away in the middle of a response.
+    let mut tcp = TcpStream::connect(sidecar.proxy).await.unwrap();
+    tcp.write_all(b"GET /drip?count=1000&ms=50 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tcp.read(&mut buf).await.unwrap();
+    events.until(|e| e.connections == 1).await;
+    drop(tcp);
+    events.until(|e| e.connections == 0).await;
+
+    // A client that goes away before the app answered.
+    let mut tcp = TcpStream::connect(sidecar.proxy).await.unwrap();
+    tcp.write_all(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    events.until(|e| e.connections == 1).await;
+    drop(tcp);
+    events.until(|e| e.connections == 0).await;
+
+    // The app crashes in the middle of a response: the client's body fails, nothing is leaked.
+    let tcp = TcpStream::connect(sidecar.proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/sse?ms=50").header("host", "x").body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    body.frame().await.unwrap().unwrap();
+    events.until(|e| e.connections == 1).await;
+    app.crash();
+    let mut ended = false;
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "a cut upstream body must not look like a complete one");
+    events.until(|e| e.connections == 0 && !e.ready).await;
+    let reply = get(sidecar.proxy, "/").await.unwrap();
+    assert!(matches!(reply.status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE), "{reply:?}");
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn before_the_app_listens_requests_get_503_and_readiness_follows_the_app() {
+    // Reserve a port, then free it: nothing listens there yet.
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let sidecar = Sidecar::start(port, &[]);
+    eventually(|| async { get(sidecar.admin, "/healthz").await.is_ok() }).await;
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    let reply = get(sidecar.proxy, "/").await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers["retry-after"], "1");
+    let mut events = sidecar.events().await;
+    let e = events.next().await;
+    assert!(!e.ready && e.idle_ms.is_none(), "{e:?}");
+
+    let _app = TestApp::serve(TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+    sidecar.wait_ready().await;
+    events.until(|e| e.ready && e.idle_ms.is_some()).await;
+    assert_eq!(get(sidecar.proxy, "/").await.unwrap().text(), "hello\n");
+}
+
+#[tokio::test]
+async fn an_app_that_resets_gets_502_and_a_slow_one_504() {
+    let (_app, sidecar) = app_and_sidecar(&["--upstream-timeout", "0.5"]).await;
+    let reply = get(sidecar.proxy, "/reset").await.unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.text().starts_with("502"));
+    let reply = get(sidecar.proxy, "/slow?ms=30000").await.unwrap();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    // The sidecar is still fine.
+    assert_eq!(get(sidecar.proxy, "/").await.unwrap().status, StatusCode::OK);
+    let metrics = get(sidecar.admin, "/metrics").await.unwrap().text();
+    assert!(metrics.contains("spawner_sidecar_bad_gateway_responses_total 1"), "{metrics}");
+    assert!(metrics.contains("spawner_sidecar_gateway_timeout_responses_total 1"), "{metrics}");
+}
+
+fn token_file(token: &str) -> tempfile_path::TempFile {
+    tempfile_path::TempFile::with(token)
+}
+
+mod tempfile_path {
+    /// A file removed on drop.
+    pub struct TempFile(pub std::path::PathBuf);
+    impl TempFile {
+        pub fn with(content: &str) -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("spawner-token-{}-{n}", std::process::id()));
+            std::fs::write(&p, content).unwrap();
+            Self(p)
+        }
+        pub fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_the_token_requests_get_401_and_with_it_the_token_never_reaches_the_app() {
+    let token = token_file("tok-123_abc\n");
+    let (_app, sidecar) = app_and_sidecar(&["--token-file", token.path()]).await;
+
+    for (path, headers) in [
+        ("/echo-request", vec![]),
+        ("/echo-request?token=wrong", vec![]),
+        ("/echo-request", vec![("authorization", "Bearer tok-123_abd")]),
+        ("/echo-request", vec![("cookie", "spawner-token=tok-123_ab")]),
+    ] {
+        let reply = get_with(sidecar.proxy, path, &headers).await.unwrap();
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path} {headers:?}");
+        assert!(reply.text().starts_with("401"), "the sidecar answers, not the app");
+    }
+    let metrics = get(sidecar.admin, "/metrics").await.unwrap().text();
+    assert!(metrics.contains("spawner_sidecar_forwarded_requests_total 0"), "{metrics}");
+
+    let reply = get_with(sidecar.proxy, "/echo-request", &[("authorization", "Bearer tok-123_abc")]).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echoed_header("authorization"), None);
+
+    let reply = get_with(sidecar.proxy, "/echo-request?a=1&token=tok-123_abc", &[("x-forwarded-prefix", "/p/ns/b1")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["uri"], "/echo-request?a=1");
+    assert_eq!(reply.headers["set-cookie"], "spawner-token=tok-123_abc; Path=/p/ns/b1; HttpOnly; SameSite=Lax");
+
+    let reply =
+        get_with(sidecar.proxy, "/echo-request", &[("cookie", "theme=dark; spawner-token=tok-123_abc")]).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echoed_header("cookie").as_deref(), Some("theme=dark"));
+}
+
+#[tokio::test]
+async fn garbage_and_malformed_requests_get_400_and_a_closed_connection() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    let cases: [(&str, &[u8]); 5] = [
+        ("garbage", b"\x00\x01\x02 not http at all\r\n\r\n"),
+        ("bad content-length", b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"),
+        (
+            "conflicting content-lengths",
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        ),
+        ("bad transfer-encoding", b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        ("bad request line", b"GET\r\n\r\n"),
+    ];
+    for (what, bytes) in cases {
+        let answer = raw(sidecar.proxy, bytes).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer:?}");
+        // The answer is the whole exchange: `raw` returned because the sidecar closed.
+        assert_eq!(get(sidecar.proxy, "/").await.unwrap().text(), "hello\n", "still serving after {what}");
+    }
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    // The classic CL.TE desync: a front end honouring Content-Length would forward the
+    // "smuggled" GET as part of the body; a back end honouring chunked would run it.
+    let attack = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /status?code=418 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = raw(sidecar.proxy, attack).await;
+    // Either refused outright, or (RFC 9112 §6.3) framed by Transfer-Encoding with the
+    // Content-Length dropped and the connection closed after one answer: never a second one.
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(!answer.contains("418"), "the smuggled request reached the app: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(40 * 1024));
+    let answer = raw(sidecar.proxy, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = raw(sidecar.proxy, many.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert_eq!(get(sidecar.proxy, "/").await.unwrap().text(), "hello\n");
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_off_while_others_are_served() {
+    let (_app, sidecar) = app_and_sidecar(&["--header-read-timeout", "1"]).await;
+    let mut slow = TcpStream::connect(sidecar.proxy).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let dripping = tokio::spawn(async move {
+        // One header byte every 200 ms, forever, until the sidecar hangs up.
+        loop {
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => return,
+                Err(_) => {}
+            }
+        }
+    });
+    for _ in 0..5 {
+        assert_eq!(get(sidecar.proxy, "/").await.unwrap().text(), "hello\n");
+    }
+    tokio::time::timeout(SOON, dripping).await.expect("the slowloris connection is closed").unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_stops_accepting() {
+    let (_app, mut sidecar) = app_and_sidecar(&["--drain-timeout", "10"]).await;
+    let mut events = sidecar.events().await;
+    let in_flight = tokio::spawn(get(sidecar.proxy, "/slow?ms=1500"));
+    events.until(|e| e.connections == 1).await;
+    sidecar.terminate();
+    let reply = in_flight.await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "slow\n");
+    let status = sidecar.wait_exit(SOON).await;
+    assert!(status.success(), "{status:?}\n{}", sidecar.log());
+    assert!(TcpStream::connect(sidecar.proxy).await.is_err(), "no longer accepting");
+}
+
+#[tokio::test]
+async fn the_event_stream_serves_many_clients_and_a_stalled_one_does_not_slow_the_proxy() {
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    // A client that asks for events and never reads them.
+    let mut stalled = TcpStream::connect(sidecar.admin).await.unwrap();
+    stalled.write_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut events = sidecar.events().await;
+    // Thousands of state changes.
+    let mut client = Client::connect(sidecar.proxy).await.unwrap();
+    for _ in 0..2000 {
+        assert_eq!(client.get("/", &[]).await.unwrap().status, StatusCode::OK);
+    }
+    let e = events.until(|e| e.connections == 0 && e.idle_ms.is_some()).await;
+    assert!(e.ready);
+    drop(stalled);
+    let metrics = get(sidecar.admin, "/metrics").await.unwrap().text();
+    assert!(metrics.contains("spawner_sidecar_forwarded_requests_total 2000"), "{metrics}");
+}
