@@ -246,6 +246,9 @@ async fn bench_controller() {
     println!("  controller:  {controller:>8.2?}  {:>7.1} backends/s", rate(controller));
     println!("  ratio: {:.0}% of the raw client's throughput (target >= 80%)", ratio * 100.0);
 
+    if ready_count == 0 {
+        return;
+    }
     match ready(ready_count).await {
         None => println!("ready: skipped, the sidecar or app image is not on the node (`cargo xtask images`)"),
         Some((bare, sidecar)) => {

@@ -8,6 +8,11 @@
 //!
 //! Deletion relies on owner references (garbage collection), not finalizers: a backend is gone
 //! as soon as it is deleted, and nothing blocks its deletion if the controller is down.
+//!
+//! A Failed backend keeps its pod (for `kubectl logs` and `kubectl describe`, e.g. after a
+//! `StartupTimeout`) until `--failed-retention` ends and the backend, pod included, is deleted.
+//! A pod is never recreated: it is the session; a backend whose pod vanished is Failed
+//! (`PodLost`).
 
 pub mod context;
 pub mod http;
@@ -155,15 +160,21 @@ async fn lead_and_reconcile(
     }
 
     let (backends, pods, services) = match &options.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     // Children are cached by reflectors whose streams are also the Controller's triggers: the
     // cache is updated before the reconciliation it triggers runs, so reads need no API call.
-    let children = watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE));
+    let children =
+        watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE));
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let (service_store, service_writer) = reflector::store::<Service>();
-    let pod_events = reflector::reflector(pod_writer, watcher(pods, children.clone())).default_backoff().touched_objects();
+    let pod_events =
+        reflector::reflector(pod_writer, watcher(pods, children.clone())).default_backoff().touched_objects();
     let service_events =
         reflector::reflector(service_writer, watcher(services, children)).default_backoff().touched_objects();
     let ctx = Context::new(client.clone(), options.config.clone(), metrics.clone(), Some(options.identity.clone()))

@@ -74,9 +74,9 @@ impl Cluster {
                 assert!(query.contains("fieldManager=spawner") && query.contains("force=true"), "SSA: {query}");
                 // As the API server: a second controller owner reference is invalid.
                 let controller_uid = |o: &Value| {
-                    o["metadata"]["ownerReferences"].as_array().and_then(|refs| {
-                        refs.iter().find(|r| r["controller"] == json!(true)).map(|r| r["uid"].clone())
-                    })
+                    o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)).map(|r| r["uid"].clone()))
                 };
                 if let Some(existing) = self.objects.get(&format!("{kind}/{name}"))
                     && controller_uid(existing).is_some_and(|uid| Some(uid) != controller_uid(&body))
@@ -357,7 +357,8 @@ async fn a_pod_against_the_namespaces_pod_security_level_fails_the_backend() {
 
 #[tokio::test]
 async fn a_pod_refused_by_a_quota_is_retried_not_failed() {
-    let message = "pods \"game\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=10, limited: pods=10";
+    let message =
+        "pods \"game\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=10, limited: pods=10";
     let cluster = shared(Cluster { refuse_pods: Some((403, "Forbidden", message)), ..Cluster::default() });
     let error = reconcile_in(&cluster, SessionLivedBackend::test().auth_none(), 1001).await.unwrap_err();
     assert!(error.to_string().contains("exceeded quota"), "{error}");

@@ -225,6 +225,9 @@ enum StreamEnd {
 
 impl Follower {
     async fn run(&mut self) -> SweepOutcome {
+        // Failures in a row; a sidecar that stays unreachable is logged now and then, not every
+        // two seconds forever (the metrics count every failure).
+        let mut failures: u64 = 0;
         loop {
             let error = match self.connect().await {
                 Ok(stream) => {
@@ -246,6 +249,7 @@ impl Follower {
                             if had_events {
                                 // The stream worked: the next failure starts from a short delay.
                                 self.reconnect_backoff.reset();
+                                failures = 0;
                             }
                             error
                         }
@@ -258,12 +262,23 @@ impl Follower {
             if let Error::HeartbeatTimeout { .. } = error {
                 self.status.send_modify(|s| s.heartbeat_timeouts += 1);
             }
-            tracing::warn!(
-                target_name = %self.target.name,
-                error = %ErrorChain(&error),
-                retry_in_ms = delay.as_millis() as u64,
-                "event stream unavailable; no sweep until it is back"
-            );
+            failures += 1;
+            if failures <= 3 || failures.is_multiple_of(30) {
+                tracing::warn!(
+                    target_name = %self.target.name,
+                    error = %ErrorChain(&error),
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "event stream unavailable; no sweep until it is back"
+                );
+            } else {
+                tracing::debug!(
+                    target_name = %self.target.name,
+                    error = %ErrorChain(&error),
+                    failures,
+                    "event stream still unavailable"
+                );
+            }
             sleep(delay).await;
         }
     }
@@ -357,14 +372,18 @@ impl Follower {
                 }
                 () = sleep_until(watchdog) => {
                     let silent_for = Instant::now() - last_event;
-                    return StreamEnd::Broken { error: Error::HeartbeatTimeout { url: self.url(), silent_for }, had_events };
+                    let error = Error::HeartbeatTimeout { url: self.url(), silent_for };
+                    return StreamEnd::Broken { error, had_events };
                 }
                 () = sleep_until(deadline.unwrap_or(watchdog)), if deadline.is_some() => {
                     let Some((state, received_at)) = latest else { continue };
                     let Some(deadline) = deadline else { continue };
                     let now = Instant::now();
                     if now.saturating_duration_since(received_at) > self.config.max_state_age {
-                        tracing::debug!(target_name = %self.target.name, "deadline passed during a silent gap; waiting for a fresh event");
+                        tracing::debug!(
+                            target_name = %self.target.name,
+                            "deadline passed during a silent gap; waiting for a fresh event"
+                        );
                         wait_for_fresh_state = true;
                         continue;
                     }

@@ -164,7 +164,11 @@ async fn grace_period(context: &Context, backend: &BackendRef) -> Option<Duratio
             Ok(grace) => return grace,
             Err(err) => {
                 let delay = backoff.next();
-                tracing::warn!(error = %ErrorChain(&err), retry_in_ms = delay.as_millis() as u64, "cannot read the backend's grace period");
+                tracing::warn!(
+                    error = %ErrorChain(&err),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot read the backend's grace period"
+                );
                 tokio::time::sleep(delay).await;
             }
         }

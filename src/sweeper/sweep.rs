@@ -130,7 +130,12 @@ impl ApiSweeper {
         };
         // The backend is gone either way; a lost Event is worth a log line, not a retry.
         if let Err(err) = self.recorder.publish(&event, &backend.object_reference()).await {
-            tracing::warn!(backend = %backend.name, namespace = %backend.namespace, error = %ErrorChain(&err), "failed to record the IdleTimeout Event");
+            tracing::warn!(
+                backend = %backend.name,
+                namespace = %backend.namespace,
+                error = %ErrorChain(&err),
+                "failed to record the IdleTimeout Event"
+            );
         }
         Ok(SweepOutcome::Swept)
     }

@@ -4,7 +4,8 @@
 //! app): direct to the app, through `spawner-sidecar`, through nginx and through HAProxy (Debian
 //! packages, each configured as an equivalent single-worker reverse proxy with keep-alive to
 //! the upstream, WebSocket-capable, no response buffering). For each it measures
-//! - HTTP: `wrk` with small bodies over keep-alive connections: req/s, p50 and p99 latency;
+//! - HTTP: `wrk` with small bodies over keep-alive connections: req/s, p50 and p99 latency
+//!   (medians of interleaved 2-second rounds: the machine is shared, bursts hit all alike);
 //! - WebSocket: sequential echo round trips of a 32-byte message on one connection: p50, p99;
 //! - memory: the proxy's RSS (`VmRSS`, summed over its processes) idle, and with 1,000 open
 //!   idle WebSockets through it.
@@ -25,7 +26,7 @@ use anyhow::{Context, Result, bail, ensure};
 /// Options of `cargo xtask bench sidecar`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Seconds of wrk load per target.
+    /// Seconds of wrk load per target (in interleaved 2-second rounds).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// wrk connections.
@@ -113,13 +114,26 @@ pub fn run(args: &Args) -> Result<()> {
         wait_http(*addr)?;
         results.push(Measured { name, rss_idle_kib: pids.as_deref().map(rss_kib), ..Measured::default() });
     }
-    // HTTP: warm every target, then measure each in turn.
+    // HTTP: warm every target, then interleaved rounds; each figure is the median over rounds,
+    // so a burst of load from elsewhere on the machine does not decide the comparison.
     for (_, addr, _) in &targets {
         wrk(*addr, 2, args.connections)?;
     }
-    for ((name, addr, _), m) in targets.iter().zip(&mut results) {
-        eprintln!("wrk through {name} ({} s)", args.duration);
-        (m.req_per_s, m.p50_ms, m.p99_ms) = wrk(*addr, args.duration, args.connections)?;
+    let rounds = (args.duration / 2).max(1);
+    let mut http: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
+    for round in 1..=rounds {
+        eprintln!("wrk round {round}/{rounds}: 2 s through each target");
+        for (i, (_, addr, _)) in targets.iter().enumerate() {
+            http[i].push(wrk(*addr, 2, args.connections)?);
+        }
+    }
+    for (m, rounds) in results.iter_mut().zip(&http) {
+        let median = |f: fn(&(f64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (m.req_per_s, m.p50_ms, m.p99_ms) = (median(|r| r.0), median(|r| r.1), median(|r| r.2));
     }
     // WebSocket round trips: interleaved rounds, samples pooled per target.
     eprintln!("WebSocket echo round trips");
@@ -448,8 +462,12 @@ fn print_table(results: &[Measured], args: &Args) {
     let direct = results.iter().find(|r| r.name == "direct");
     println!();
     println!(
-        "wrk: {} s, {} keep-alive connections, 1 thread, GET / (6-byte body); WebSocket: {} sequential 32-byte echoes; RSS with {} idle WebSockets",
-        args.duration, args.connections, args.round_trips, args.websockets
+        "wrk: {} x 2 s interleaved rounds per target (medians), {} keep-alive connections, 1 thread, GET / (6-byte body); \
+         WebSocket: {} sequential 32-byte echoes per target in 10 interleaved rounds; RSS with {} idle WebSockets",
+        (args.duration / 2).max(1),
+        args.connections,
+        args.round_trips,
+        args.websockets
     );
     println!();
     println!(
