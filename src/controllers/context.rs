@@ -14,7 +14,7 @@ use crate::controllers::metrics::Metrics;
 use crate::controllers::pod::SidecarConfig;
 
 /// Default base of the URLs in `status.url` (the local cluster's NodePort).
-pub const DEFAULT_BASE_URL: &str = "http://localhost:30080";
+pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:30080";
 /// Default time a Failed backend is kept (for `kubectl describe`) before it is deleted.
 pub const DEFAULT_FAILED_RETENTION: Duration = Duration::from_secs(600);
 

@@ -194,7 +194,7 @@ async fn a_new_backend_gets_its_secret_service_and_pod_then_a_pending_status() {
     let pod = &c.objects["pods/game"];
     assert_eq!(pod["spec"]["containers"][1]["name"], "spawner-sidecar");
     assert_eq!(c.status().phase, Some(Phase::Pending));
-    assert_eq!(c.status().url.as_deref(), Some("http://localhost:30080/p/room/game/"));
+    assert_eq!(c.status().url.as_deref(), Some("http://127.0.0.1:30080/p/room/game/"));
     assert_eq!(c.event_reasons(), vec!["PodCreated"]);
     assert_eq!(action, Action::requeue(Duration::from_secs(299)), "woken for the startup timeout");
 }

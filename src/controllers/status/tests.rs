@@ -3,7 +3,7 @@ use k8s_openapi::api::core::v1::Pod;
 use super::*;
 use crate::controllers::fixtures::{BackendExt, PodExt, at};
 
-const BASE: &str = "http://localhost:30080";
+const BASE: &str = "http://127.0.0.1:30080";
 
 fn derive(backend: &SessionLivedBackend, pod: PodView<'_>, now: i64) -> (SessionLivedBackendStatus, Vec<Transition>) {
     derive_status(backend, pod, at(now), BASE)
@@ -45,7 +45,7 @@ fn phase_follows_the_pod_through_its_life() {
 fn a_new_backend_is_pending_with_its_url_and_all_three_conditions_false() {
     let (status, transitions) = derive(&SessionLivedBackend::test(), PodView::NotCreated, 1001);
     assert_eq!(status.phase, Some(Phase::Pending));
-    assert_eq!(status.url.as_deref(), Some("http://localhost:30080/p/room/game/"));
+    assert_eq!(status.url.as_deref(), Some("http://127.0.0.1:30080/p/room/game/"));
     assert_eq!(status.observed_generation, Some(1));
     for type_ in ["Scheduled", "Ready", "Failed"] {
         let c = cond(&status, type_);
