@@ -31,13 +31,14 @@ const fn cluster(group: &'static str, resource: &'static str, verbs: &'static [&
 /// The controller: reconciles backends into Pods, Services and token Secrets, writes status and
 /// Events, deletes backends past their lifetime, and holds the leader Lease.
 pub const CONTROLLER: &[Permission] = &[
-    cluster("spawner.dev", "sessionlivedbackends", &["get", "list", "watch", "delete"]),
-    cluster("spawner.dev", "sessionlivedbackends/status", &["get", "patch"]),
-    cluster("", "pods", &["get", "list", "watch", "create", "patch", "delete"]),
+    cluster("spawner.dev", "sessionlivedbackends", &["list", "watch", "delete"]),
+    cluster("spawner.dev", "sessionlivedbackends/status", &["patch"]),
+    // Pods and Services are read from the watch caches; `get` is the fallback before they fill.
+    // Deletion is left to owner-reference garbage collection.
+    cluster("", "pods", &["get", "list", "watch", "create", "patch"]),
     cluster("", "services", &["get", "list", "watch", "create", "patch"]),
-    // Token Secrets are written, never listed or watched: the controller cannot read other
-    // Secrets in bulk.
-    cluster("", "secrets", &["get", "create", "patch"]),
+    // A token Secret is created once and never changed: the controller cannot read any Secret.
+    cluster("", "secrets", &["create"]),
     cluster("events.k8s.io", "events", &["create", "patch"]),
     Permission {
         group: "coordination.k8s.io",
