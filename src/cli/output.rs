@@ -147,7 +147,7 @@ mod tests {
             backend(
                 "drop-four-x7k2p",
                 Some(Phase::Ready),
-                Some("http://localhost:30080/p/team-a/drop-four-x7k2p/"),
+                Some("http://127.0.0.1:30080/p/team-a/drop-four-x7k2p/"),
                 75,
                 now,
             ),
@@ -155,7 +155,7 @@ mod tests {
         ];
         let expected = "\
 NAME              PHASE     READY     URL                                                AGE
-drop-four-x7k2p   Ready     Unknown   http://localhost:30080/p/team-a/drop-four-x7k2p/   75s
+drop-four-x7k2p   Ready     Unknown   http://127.0.0.1:30080/p/team-a/drop-four-x7k2p/   75s
 b                 Pending   Unknown   <none>                                             66m
 ";
         assert_eq!(table(&backends, false, now), expected);

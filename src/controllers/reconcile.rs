@@ -71,7 +71,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
             let service_step = async {
                 match found_service {
                     Some(_) => Ok(()),
-                    None => apply(&services, &name, &service::build_service(&backend), "Service", &id).await.map(drop),
+                    None => create(&services, &service::build_service(&backend), "Service", &id).await.map(drop),
                 }
             };
             let pod_step = async {
@@ -143,14 +143,13 @@ async fn create_children(
     namespace: &str,
     id: &str,
 ) -> Result<Pod, Error> {
-    let name = backend.name_any();
     let service = service::build_service(backend);
-    let service_step = apply(services, &name, &service, "Service", id);
+    let service_step = create(services, &service, "Service", id);
     let pod_step = async {
         if backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token {
             ensure_secret(ctx, backend, namespace, id).await?;
         }
-        apply(pods, &name, &pod::build_pod(backend, &ctx.config.sidecar), "Pod", id).await
+        create(pods, &pod::build_pod(backend, &ctx.config.sidecar), "Pod", id).await
     };
     Ok(futures::try_join!(service_step, pod_step)?.1)
 }
@@ -167,7 +166,7 @@ async fn create_pod(
         ensure_secret(ctx, backend, namespace, id).await?;
     }
     let pod = pod::build_pod(backend, &ctx.config.sidecar);
-    match apply(pods, &backend.name_any(), &pod, "Pod", id).await {
+    match create(pods, &pod, "Pod", id).await {
         Ok(pod) => Ok(PodOutcome::Created(pod)),
         Err(Error::Api { source: kube::Error::Api(status), .. }) if refused_for_good(&status) => {
             warn!(backend = %id, message = %status.message, "the API server refused the pod");
@@ -229,12 +228,16 @@ where
     api.get_opt(name).await.map_err(|e| Error::api("get", kind, id, e))
 }
 
-async fn apply<K>(api: &Api<K>, name: &str, object: &K, kind: &'static str, id: &str) -> Result<K, Error>
+/// Creates a child, never touching an existing object of the same name: an apply would adopt
+/// the still-terminating pod of a deleted namesake (rewriting its owner reference) and report
+/// its death as the new backend's. "Already exists" is an error here; the next reconcile finds
+/// the object and checks whom it belongs to.
+async fn create<K>(api: &Api<K>, object: &K, kind: &'static str, id: &str) -> Result<K, Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(name, &params, &Patch::Apply(object)).await.map_err(|e| Error::api("apply", kind, id, e))
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    api.create(&params, object).await.map_err(|e| Error::api("create", kind, id, e))
 }
 
 /// Creates the token Secret unless it exists. Never updates it: the token is handed out once.

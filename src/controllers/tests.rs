@@ -56,7 +56,7 @@ impl Cluster {
                 Some(o) => (200, o.clone()),
                 None => (404, status_body(404, "NotFound", "not found")),
             },
-            (Method::PATCH, ["pods", _]) if self.refuse_pods.is_some() => {
+            (Method::POST, ["pods"]) if self.refuse_pods.is_some() => {
                 let (code, reason, message) = self.refuse_pods.unwrap();
                 (code, status_body(code, reason, message))
             }
@@ -98,8 +98,10 @@ impl Cluster {
                 if self.objects.contains_key(&key) {
                     return (409, status_body(409, "AlreadyExists", "already exists"));
                 }
-                self.objects.insert(key, body.clone());
-                (201, body)
+                let mut object = body;
+                object["metadata"]["uid"] = json!(format!("uid-{key}"));
+                self.objects.insert(key, object.clone());
+                (201, object)
             }
             (Method::DELETE, ["sessionlivedbackends", _]) => (200, status_body(200, "", "")),
             other => panic!("unexpected call {other:?}"),
@@ -183,13 +185,7 @@ async fn a_new_backend_gets_its_secret_service_and_pod_then_a_pending_status() {
     let c = cluster.lock().unwrap();
     assert_eq!(
         c.writes(),
-        vec![
-            "PATCH services/game",
-            "POST secrets",
-            "PATCH pods/game",
-            "PATCH sessionlivedbackends/game/status",
-            "POST events"
-        ]
+        vec!["POST services", "POST secrets", "POST pods", "PATCH sessionlivedbackends/game/status", "POST events"]
     );
     let pod = &c.objects["pods/game"];
     assert_eq!(pod["spec"]["containers"][1]["name"], "spawner-sidecar");
@@ -322,7 +318,7 @@ async fn a_pod_deleted_under_a_running_backend_is_not_recreated() {
     let backend = SessionLivedBackend::test().ready_at(1004);
     reconcile_in(&cluster, backend, 1050).await.unwrap();
     let c = cluster.lock().unwrap();
-    assert!(!c.writes().contains(&"PATCH pods/game"));
+    assert!(!c.writes().contains(&"POST pods"));
     assert_eq!(c.status().phase, Some(Phase::Failed));
     assert_eq!(c.event_reasons(), vec!["PodLost"]);
 }

@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -27,6 +28,19 @@ pub const APP_IMAGE: &str = "localhost/spawner/netcheck:0.1.0";
 /// Installs what the controller needs in the cluster once per test process: the generated CRD,
 /// the spawner-system namespace and the generated RBAC.
 pub async fn prepare(env: &TestEnv) {
+    // A deployed controller watches every namespace: it would reconcile the tests' backends
+    // too, and the two would overwrite each other's status. Say so instead of failing obscurely.
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), names::SYSTEM_NAMESPACE);
+    if let Some(deployed) = deployments.get_opt(names::CONTROLLER).await.expect("checking for a deployed controller")
+        && deployed.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0
+    {
+        panic!(
+            "a spawner-controller Deployment runs in {ns}: these tests run their own controller, and two would \
+             fight over the same backends. Remove it first (`kubectl delete namespace {ns}`, as `cargo xtask test` \
+             does before the integration tests).",
+            ns = names::SYSTEM_NAMESPACE
+        );
+    }
     support::install_crd(&env.client).await;
     static RBAC: OnceLock<()> = OnceLock::new();
     RBAC.get_or_init(|| {

@@ -38,11 +38,14 @@ pub struct Args {
     /// Idle WebSockets held open for the memory measurement.
     #[arg(long, default_value_t = 1000)]
     pub websockets: usize,
+    /// Use the release binaries already in target/ instead of building them first.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 impl Default for Args {
     fn default() -> Self {
-        Self { duration: 10, connections: 50, round_trips: 20_000, websockets: 1000 }
+        Self { duration: 10, connections: 50, round_trips: 20_000, websockets: 1000, no_build: false }
     }
 }
 
@@ -52,13 +55,15 @@ const WS_RSS_TARGET_KIB: u64 = 24 * 1024;
 pub fn run(args: &Args) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the repository")?;
     ensure_tools()?;
-    eprintln!("building release binaries (spawner-sidecar, example spawner-testapp)");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args(["build", "--release", "--bin", "spawner-sidecar", "--example", "spawner-testapp"])
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "cargo build --release failed");
+    if !args.no_build {
+        eprintln!("building release binaries (spawner-sidecar, example spawner-testapp)");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["build", "--release", "--bin", "spawner-sidecar", "--example", "spawner-testapp"])
+            .status()
+            .context("running cargo build")?;
+        ensure!(status.success(), "cargo build --release failed");
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let sidecar_bin = target.join("release/spawner-sidecar");
     let app_bin = target.join("release/examples/spawner-testapp");
