@@ -145,14 +145,7 @@ async fn allowed(client: &kube::Client, namespace: &str, p: &spawner::rbac::Perm
 async fn the_generated_rbac_grants_exactly_the_declared_verbs() {
     let env = TestEnv::new("rbac").await;
     support::install_crd(&env.client).await;
-    env.kubectl(&["apply", "-f", "config/default/namespace.yaml"]);
-    let out = std::process::Command::new("kubectl")
-        .args(["apply", "-k", "config/rbac"])
-        .current_dir(support::repo_root())
-        .env("KUBECONFIG", support::kubeconfig_path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "applying config/rbac: {}", String::from_utf8_lossy(&out.stderr));
+    support::apply_rbac();
 
     for role in spawner::rbac::ROLES {
         let client = support::client_as_service_account(SYSTEM_NAMESPACE, role.name).await;

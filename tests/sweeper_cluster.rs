@@ -195,7 +195,7 @@ impl SweeperProcess {
     /// Starts the sweeper as its own ServiceAccount (impersonated), with exactly the RBAC that
     /// `config/rbac` grants it.
     async fn start(env: &TestEnv, node: &str) -> SweeperProcess {
-        let kubeconfig = sweeper_kubeconfig(env);
+        let kubeconfig = sweeper_kubeconfig();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_spawner-sweeper"))
             .env("KUBECONFIG", &kubeconfig)
@@ -242,24 +242,9 @@ impl SweeperProcess {
 
 /// Applies `config/rbac` and writes a kubeconfig that impersonates the sweeper's
 /// ServiceAccount; returns its path.
-fn sweeper_kubeconfig(env: &TestEnv) -> std::path::PathBuf {
-    env.kubectl(&["apply", "-f", "config/default/namespace.yaml"]);
-    let out = std::process::Command::new("kubectl")
-        .args(["apply", "-k", "config/rbac"])
-        .current_dir(support::repo_root())
-        .env("KUBECONFIG", support::kubeconfig_path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "applying config/rbac: {}", String::from_utf8_lossy(&out.stderr));
-    let admin = std::fs::read_to_string(support::kubeconfig_path()).expect("reading the kubeconfig");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
-    let user = format!("system:serviceaccount:{}:{}", names::SYSTEM_NAMESPACE, names::SWEEPER);
-    for entry in config["users"].as_sequence_mut().expect("kubeconfig users") {
-        entry["user"]["as"] = serde_yaml::Value::String(user.clone());
-    }
-    let path = std::env::temp_dir().join(format!("{}-sweeper.kubeconfig", env.namespace));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
+fn sweeper_kubeconfig() -> std::path::PathBuf {
+    support::apply_rbac();
+    support::impersonating_kubeconfig(names::SWEEPER)
 }
 
 /// Creates the backend and, as the controller would, its pod; waits until the pod runs.

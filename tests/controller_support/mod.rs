@@ -42,33 +42,13 @@ pub async fn prepare(env: &TestEnv) {
         );
     }
     support::install_crd(&env.client).await;
-    static RBAC: OnceLock<()> = OnceLock::new();
-    RBAC.get_or_init(|| {
-        let kubeconfig = support::kubeconfig_path();
-        let root = support::repo_root();
-        for args in [vec!["apply", "-f", "config/default/namespace.yaml"], vec!["apply", "-k", "config/rbac"]] {
-            let out =
-                Command::new("kubectl").args(&args).env("KUBECONFIG", &kubeconfig).current_dir(&root).output().unwrap();
-            assert!(out.status.success(), "kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-    });
+    support::apply_rbac();
 }
 
 /// A kubeconfig like the test cluster's, acting as the controller's ServiceAccount.
 fn impersonating_kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let admin = std::fs::read_to_string(support::kubeconfig_path()).expect("reading the test kubeconfig");
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
-        let subject = format!("system:serviceaccount:{}:{}", names::SYSTEM_NAMESPACE, names::CONTROLLER);
-        for user in config["users"].as_sequence_mut().expect("kubeconfig users") {
-            user["user"]["as"] = serde_yaml::Value::String(subject.clone());
-        }
-        let path = std::env::temp_dir().join(format!("spawner-controller-test-{}.kubeconfig", std::process::id()));
-        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-        path
-    })
-    .clone()
+    PATH.get_or_init(|| support::impersonating_kubeconfig(names::CONTROLLER)).clone()
 }
 
 fn free_port() -> SocketAddr {

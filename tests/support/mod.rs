@@ -85,6 +85,36 @@ pub async fn config() -> Config {
         .expect("local cluster kubeconfig is usable")
 }
 
+/// Applies Spawner's namespace and the generated RBAC (config/rbac), once per test process.
+pub fn apply_rbac() {
+    static APPLIED: OnceLock<()> = OnceLock::new();
+    APPLIED.get_or_init(|| {
+        for args in [vec!["apply", "-f", "config/default/namespace.yaml"], vec!["apply", "-k", "config/rbac"]] {
+            let out = Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", kubeconfig_path())
+                .current_dir(repo_root())
+                .output()
+                .expect("running kubectl");
+            assert!(out.status.success(), "kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+    });
+}
+
+/// A kubeconfig like the test cluster's that impersonates one of Spawner's ServiceAccounts, for
+/// running a binary with exactly its generated RBAC; returns its path.
+pub fn impersonating_kubeconfig(service_account: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(kubeconfig_path()).expect("reading the test kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    let subject = format!("system:serviceaccount:{}:{service_account}", spawner::names::SYSTEM_NAMESPACE);
+    for user in config["users"].as_sequence_mut().expect("kubeconfig users") {
+        user["user"]["as"] = serde_yaml::Value::String(subject.clone());
+    }
+    let path = std::env::temp_dir().join(format!("{service_account}-{}.kubeconfig", std::process::id()));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
 /// A client that acts as the given ServiceAccount (impersonation), to prove RBAC.
 pub async fn client_as_service_account(namespace: &str, name: &str) -> Client {
     let mut config = config().await;
