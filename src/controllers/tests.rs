@@ -70,24 +70,6 @@ impl Cluster {
                 backend["status"] = body["status"].clone();
                 (200, backend)
             }
-            (Method::PATCH, [kind, name]) => {
-                assert!(query.contains("fieldManager=spawner") && query.contains("force=true"), "SSA: {query}");
-                // As the API server: a second controller owner reference is invalid.
-                let controller_uid = |o: &Value| {
-                    o["metadata"]["ownerReferences"]
-                        .as_array()
-                        .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)).map(|r| r["uid"].clone()))
-                };
-                if let Some(existing) = self.objects.get(&format!("{kind}/{name}"))
-                    && controller_uid(existing).is_some_and(|uid| Some(uid) != controller_uid(&body))
-                {
-                    return (422, status_body(422, "Invalid", "Only one reference can have Controller set to true"));
-                }
-                let mut object = body;
-                object["metadata"]["uid"] = json!(format!("uid-{kind}-{name}"));
-                self.objects.insert(format!("{kind}/{name}"), object.clone());
-                (200, object)
-            }
             (Method::POST, ["events"]) => {
                 self.events.push(body.clone());
                 (201, body)
