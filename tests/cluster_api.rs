@@ -85,6 +85,11 @@ async fn the_original_demo_is_accepted_and_bad_specs_are_rejected_naming_the_fie
         let message = admission_error(&env, backend_json(spec.clone())).await;
         assert!(message.contains(field), "rejection of {spec} does not name {field}: {message}");
     }
+    // A name that cannot name a Service.
+    let mut dotted = backend_json(serde_json::json!({"template": app()}));
+    dotted["metadata"]["name"] = "has.dot".into();
+    let message = admission_error(&env, dotted).await;
+    assert!(message.contains("metadata.name"), "{message}");
 }
 
 #[tokio::test]

@@ -162,7 +162,22 @@ fn default_startup_timeout_seconds() -> i64 {
 
 /// The CustomResourceDefinition as applied to clusters.
 pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    SessionLivedBackend::crd()
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    let mut crd = SessionLivedBackend::crd();
+    // The backend's Service and route carry its name, so it must be a DNS-1035 label (no dots,
+    // starts with a letter), which the API server does not demand of custom objects by itself.
+    let schema = crd.spec.versions[0].schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
+    schema.expect("kube-derive renders a schema").x_kubernetes_validations = Some(vec![ValidationRule {
+        rule: "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')".into(),
+        message: Some(
+            "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', starting with a \
+             letter): it names the backend's Service and URL"
+                .into(),
+        ),
+        reason: Some("FieldValueInvalid".into()),
+        ..Default::default()
+    }]);
+    crd
 }
 
 #[cfg(test)]
