@@ -8,7 +8,6 @@ mod support;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ListParams};
 use spawner::crd::SessionLivedBackend;
 use support::TestEnv;
@@ -158,21 +157,7 @@ async fn e2e_create_wait_url_and_delete_a_running_backend() {
 
     ok(&env, &["delete", "game", "--wait"]);
     // Garbage collection removes what the controller made for it.
-    let selector = ListParams::default().labels("spawner.dev/backend=game");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let pods = env.api::<Pod>().list(&selector).await.unwrap().items.len();
-        let services = env.api::<Service>().list(&selector).await.unwrap().items.len();
-        let secrets = env.api::<Secret>().list(&selector).await.unwrap().items.len();
-        if pods + services + secrets == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pods {pods}, services {services}, secrets {secrets} left after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    support::wait_for_children_gone(&env, "game", Duration::from_secs(60)).await;
     ok(&env, &["wait", "game", "--for", "deleted", "--timeout", "10s"]);
 }
 

@@ -39,7 +39,7 @@ fn pod(name: &str, image: &str, args: &[&str], labels: serde_json::Value) -> Pod
     .unwrap()
 }
 
-fn pod_succeeded() -> impl Condition<Pod> {
+fn pod_finished() -> impl Condition<Pod> {
     |pod: Option<&Pod>| {
         pod.and_then(|p| p.status.as_ref())
             .and_then(|s| s.phase.as_deref())
@@ -50,7 +50,7 @@ fn pod_succeeded() -> impl Condition<Pod> {
 async fn run_to_completion(env: &TestEnv, name: &str, args: &[&str]) -> String {
     let pods = env.api::<Pod>();
     pods.create(&PostParams::default(), &pod(name, NETCHECK, args, serde_json::json!({}))).await.unwrap();
-    let done = support::wait_for(&pods, name, pod_succeeded(), Duration::from_secs(90)).await.unwrap();
+    let done = support::wait_for(&pods, name, pod_finished(), Duration::from_secs(90)).await.unwrap();
     let phase = done.status.unwrap().phase.unwrap();
     let logs = pods.logs(name, &Default::default()).await.unwrap_or_default();
     assert_eq!(phase, "Succeeded", "{name} ({}) failed; logs:\n{logs}", args.join(" "));

@@ -11,8 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::api::ListParams;
 use kube::runtime::wait::conditions;
 use serde_json::Value;
 use spawner::crd::SessionLivedBackend;
@@ -183,18 +181,7 @@ async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_t
     // The sidecar counts idleness from the last disconnect, which is after `left`.
     assert!(swept_after >= Duration::from_secs(GRACE_SECONDS - 1), "swept after only {swept_after:?}");
 
-    let selector = ListParams::default().labels(&format!("spawner.dev/backend={name}"));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let pods = env.api::<Pod>().list(&selector).await.unwrap().items.len();
-        let services = env.api::<Service>().list(&selector).await.unwrap().items.len();
-        let secrets = env.api::<Secret>().list(&selector).await.unwrap().items.len();
-        if pods + services + secrets == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left after 90 s: {pods} pods, {services} services, {secrets} secrets");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    support::wait_for_children_gone(&env, &name, Duration::from_secs(90)).await;
     // And the proxy no longer routes it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
