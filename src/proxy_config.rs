@@ -188,7 +188,10 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_cache off;
-            proxy_connect_timeout 10s;
+            # Connecting to a pod takes well under a millisecond; a connection that hangs (e.g. a
+            # Service whose forwarding rules kube-proxy has not written yet, caught in conntrack)
+            # should fail soon enough for the client to retry.
+            proxy_connect_timeout 5s;
             proxy_read_timeout 1h;
             proxy_send_timeout 1h;
             proxy_redirect off;

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Short, so the sweep is quick to see; long enough that the backend is not swept between
 /// becoming Ready and the first player connecting.
-const GRACE_SECONDS: u64 = 10;
+const GRACE_SECONDS: u64 = 15;
 
 /// `http://host:port/p/ns/name/?token=T` split into its parts.
 struct BackendUrl {
@@ -93,23 +93,6 @@ where
     }
 }
 
-/// Opens the first WebSocket. Ready means the pod answers; the Service's forwarding rules
-/// (kube-proxy) can trail it by a moment, during which nginx answers 502: retried, bounded.
-async fn first_connection(url: &str) -> WebSocket {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_tungstenite::connect_async(url).await {
-            Ok((socket, _)) => return socket,
-            Err(tungstenite::Error::Http(response)) if response.status() == 502 && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("WebSocket through the proxy: {e}"),
-        }
-    }
-}
-
-type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
 #[tokio::test]
 async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_they_leave() {
     let env = TestEnv::new("e2e").await;
@@ -128,7 +111,7 @@ async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_t
 
     // First player in right away: from Ready, the grace period runs for a backend nobody uses.
     let ws_url = format!("ws://{host}:{port}{path}ws?token={token}");
-    let mut red = first_connection(&ws_url).await;
+    let mut red = support::first_websocket(&ws_url, Duration::from_secs(GRACE_SECONDS - 5)).await;
     red.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
     assert_eq!(next_of_type(&mut red, "welcome").await["role"], "red");
 

@@ -128,21 +128,8 @@ async fn e2e_sweeper_keeps_a_connected_backend_and_sweeps_it_after_the_connectio
     // Long enough to connect after Ready before the sweep.
     let grace = 15;
     let backend = create_ready(&env, "connected", grace).await;
-    // Ready means the pod answers; the Service's forwarding rules can trail it by a moment, during
-    // which nginx answers 502 (never reaching the sidecar, so not a connection): retried, bounded
-    // well inside the grace period.
-    let give_up = Instant::now() + Duration::from_secs(grace as u64 - 5);
-    let mut ws = loop {
-        match tokio_tungstenite::connect_async(websocket_url(&backend)).await {
-            Ok((ws, _)) => break ws,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response))
-                if response.status() == 502 && Instant::now() < give_up =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(err) => panic!("WebSocket through nginx and the sidecar: {err}"),
-        }
-    };
+    // Connecting is retried while the route settles, bounded well inside the grace period.
+    let mut ws = support::first_websocket(&websocket_url(&backend), Duration::from_secs(grace as u64 - 5)).await;
 
     // Proving an absence takes waiting: well past the grace period, with the socket open.
     tokio::time::sleep(Duration::from_secs(grace as u64 + 5)).await;

@@ -262,3 +262,29 @@ pub async fn wait_for_children_gone(env: &TestEnv, backend: &str, timeout: Durat
         wait_for(&secrets, backend, gone::<Secret>, timeout),
     );
 }
+
+/// A WebSocket through the reverse proxy, opened while the route to a backend may still be
+/// settling.
+pub type ProxiedWebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the first WebSocket to a backend that just became Ready. Ready means the pod answers;
+/// the Service's forwarding rules (kube-proxy) can trail it by a moment, during which nginx
+/// answers 502 (refused) or 504 (its connect timed out) without reaching the sidecar, so a
+/// failed attempt is not a connection. Retried until `within` has passed; any other failure,
+/// or one after that, fails the test.
+pub async fn first_websocket(url: &str, within: Duration) -> ProxiedWebSocket {
+    use tokio_tungstenite::tungstenite::Error;
+    let give_up = std::time::Instant::now() + within;
+    loop {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((socket, _)) => return socket,
+            Err(Error::Http(response))
+                if matches!(response.status().as_u16(), 502 | 504) && std::time::Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("WebSocket through the proxy to {url}: {e}"),
+        }
+    }
+}

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 
 use super::build::{Bins, Images, PAUSE_IMAGE};
 use super::{
-    BRIDGE, CLUSTER_CIDR, DNS_SERVICE_IP, Layout, NODE_IP, NODE_NAME, POD_CIDR, api_get, cmd, kubectl, proc, run,
-    run_quiet, wait_for, write_file,
+    BRIDGE, CLUSTER_CIDR, DNS_SERVICE_IP, Layout, NODE_IP, NODE_NAME, POD_CIDR, SERVICE_CIDR, api_get, cmd, kubectl,
+    proc, run, run_quiet, wait_for, write_file,
 };
 
 /// Network name in the CNI config (libcni caches results under /var/lib/cni/results/<name>-*).
@@ -281,7 +281,33 @@ iptables:
     )
 }
 
+/// Our own iptables chain (removed by `teardown` with kube-proxy's).
+const SERVICE_CIDR_CHAIN: &str = "SPAWNER-SERVICE-CIDR";
+
+/// Refuses connections to Service IPs that kube-proxy has not (yet) translated to a pod. Without
+/// it, a connection to a Service created a moment ago leaves through the default route and is
+/// dropped there; its conntrack entry is then fixed as "not translated", so even the SYN
+/// retransmits after kube-proxy catches up go nowhere and the client hangs until its connect
+/// timeout. A refusal instead fails at once, and the next attempt is translated. (kube-proxy's
+/// nftables mode does the same for unallocated ClusterIPs; its iptables mode does not.)
+/// Translated packets carry a pod IP by the time they reach FORWARD/OUTPUT, so only stray
+/// ones match.
+fn refuse_untranslated_service_ips() -> Result<()> {
+    let chain = SERVICE_CIDR_CHAIN;
+    if !run_quiet(cmd("iptables").args(["-t", "filter", "-N", chain])) {
+        run(cmd("iptables").args(["-t", "filter", "-F", chain]))?;
+    }
+    run(cmd("iptables").args(["-t", "filter", "-A", chain, "-d", SERVICE_CIDR, "-j", "REJECT"]))?;
+    for hook in ["FORWARD", "OUTPUT"] {
+        if !run_quiet(cmd("iptables").args(["-t", "filter", "-C", hook, "-j", chain])) {
+            run(cmd("iptables").args(["-t", "filter", "-I", hook, "-j", chain]))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn kube_proxy(layout: &Layout, bins: &Bins) -> Result<()> {
+    refuse_untranslated_service_ips().context("iptables rules for the Service CIDR")?;
     let config = layout.config().join("kube-proxy.yaml");
     write_file(&config, kube_proxy_config(layout))?;
     let args = vec![format!("--config={}", config.display()), "--v=1".into()];
@@ -463,12 +489,12 @@ fn remove_cgroup_tree(dir: &Path) -> bool {
     std::fs::remove_dir(dir).is_ok() || !dir.exists()
 }
 
-/// Removes every rule jumping to a KUBE-* or CNI-* chain, then those chains, in every table.
+/// Removes every rule jumping to a KUBE-*, CNI-* or our own chain, then those chains, in every table.
 fn remove_chains(tool: &str) -> Result<()> {
     if which(tool).is_none() {
         return Ok(());
     }
-    let ours = |chain: &str| chain.starts_with("KUBE-") || chain.starts_with("CNI-");
+    let ours = |chain: &str| chain.starts_with("KUBE-") || chain.starts_with("CNI-") || chain == SERVICE_CIDR_CHAIN;
     for table in ["filter", "nat", "mangle", "raw"] {
         let Ok(dump) = run(cmd(&format!("{tool}-save")).args(["-t", table])) else { continue };
         let mut chains = Vec::new();
