@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::images::Pinned;
+
 /// Where to deploy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -25,7 +27,7 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
         Target::Auto => Target::Local,
         t => t,
     };
-    let kubeconfig = match target {
+    let (kubeconfig, images) = match target {
         Target::Kind => {
             if !kind_available() {
                 bail!("--kind needs `kind` and a running Docker daemon; without them use --local");
@@ -35,11 +37,11 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
         Target::Auto | Target::Local => {
             crate::cluster::up(&crate::cluster::UpOptions::default())?;
             println!("==> images");
-            crate::images::build_and_load()?;
-            crate::cluster::kubeconfig_path()
+            let images = crate::images::build_and_load()?;
+            (crate::cluster::kubeconfig_path(), images)
         }
     };
-    apply_default(&kubeconfig)?;
+    apply_default(&kubeconfig, &images)?;
     println!("Spawner is up in {:.1?}; reverse proxy: {}", started.elapsed(), crate::manifests::PROXY_BASE_URL);
     if demo {
         let url = crate::demo::create(&kubeconfig)?;
@@ -51,8 +53,9 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
 }
 
 /// Creates the kind cluster `spawner` (the proxy's NodePort mapped to the host), builds the images
-/// with Docker and loads them; returns the kubeconfig.
-fn kind_up() -> Result<PathBuf> {
+/// with Docker and loads them, each also under a tag made from its image ID; returns the
+/// kubeconfig and those content references.
+fn kind_up() -> Result<(PathBuf, Vec<Pinned>)> {
     let run = |program: &str, args: &[&str]| -> Result<String> {
         let out = Command::new(program)
             .args(args)
@@ -78,13 +81,20 @@ fn kind_up() -> Result<PathBuf> {
         run("kind", &["create", "cluster", "--name", "spawner", "--config", config.to_str().unwrap()])?;
     }
     std::fs::write(&kubeconfig, run("kind", &["get", "kubeconfig", "--name", "spawner"])?)?;
+    let mut pinned = Vec::new();
     for (component, _) in crate::images::RUST_IMAGES.iter().chain(&[("nginx", "nginx")]) {
         let image = spawner::names::image(component);
         println!("==> docker build --target {component} -t {image}");
         run("docker", &["build", "-f", "images/Dockerfile", "--target", component, "-t", &image, "."])?;
-        run("kind", &["load", "docker-image", "--name", "spawner", &image])?;
+        let id = run("docker", &["image", "inspect", "--format", "{{.Id}}", &image])?;
+        let hex = id.trim().trim_start_matches("sha256:");
+        let name = image.rsplit_once(':').map_or(image.as_str(), |(name, _)| name);
+        let content_ref = format!("{image}-{}", &hex[..hex.len().min(12)]);
+        run("docker", &["tag", &image, &content_ref])?;
+        run("kind", &["load", "docker-image", "--name", "spawner", &image, &content_ref])?;
+        pinned.push(Pinned { name: name.to_string(), content_ref });
     }
-    Ok(kubeconfig)
+    Ok((kubeconfig, pinned))
 }
 
 fn kind_available() -> bool {
@@ -92,22 +102,54 @@ fn kind_available() -> bool {
     ok("kind", &["version"]) && ok("docker", &["info"])
 }
 
-/// `kubectl apply -k config/default` and waits for every rollout.
-pub fn apply_default(kubeconfig: &PathBuf) -> Result<()> {
+/// Where the overlay that pins config/default's images is written (inside the checkout: kustomize
+/// takes a base by relative path).
+const OVERLAY_DIR: &str = "target/deploy";
+
+/// A kustomization of config/default with each of our images pinned to its content reference:
+/// applying it changes a workload only when its image did, so deploying again with nothing new
+/// restarts nothing (and nginx keeps its users' WebSockets).
+fn overlay(images: &[Pinned]) -> String {
+    let mut out = String::from(
+        "# Written by `cargo xtask deploy`: config/default with images pinned by content.\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\n\
+         kind: Kustomization\n\
+         resources:\n\
+         - ../../config/default\n",
+    );
+    if !images.is_empty() {
+        out.push_str("images:\n");
+        for image in images {
+            out.push_str(&format!("- name: {}\n  newTag: {}\n", image.name, image.tag()));
+        }
+    }
+    out
+}
+
+/// `kubectl apply -k config/default` (through an overlay pinning `images` by content) and waits
+/// for every rollout.
+pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned]) -> Result<()> {
     let t = Instant::now();
-    println!("==> kubectl apply -k config/default");
-    kubectl(
-        kubeconfig,
-        &["apply", "--server-side", "--force-conflicts", "-f", "config/crd/sessionlivedbackends.spawner.dev.yaml"],
-    )?;
+    println!("==> kubectl apply -k config/default (images pinned by content)");
+    let dir = crate::project_root().join(OVERLAY_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("kustomization.yaml"), overlay(images))
+        .with_context(|| format!("writing {}/kustomization.yaml", dir.display()))?;
+    // The CRD first, so it is Established before anything could use it; the same (client-side)
+    // apply as the kustomization's, so the second apply finds it unchanged.
+    kubectl(kubeconfig, &["apply", "-f", "config/crd/sessionlivedbackends.spawner.dev.yaml"])?;
     kubectl(
         kubeconfig,
         &["wait", "--for=condition=Established", "--timeout=60s", "crd/sessionlivedbackends.spawner.dev"],
     )?;
-    kubectl(kubeconfig, &["apply", "-k", "config/default"])?;
-    // A rollout restart picks up images re-imported under the same tag.
-    for workload in ["deployment/spawner-controller", "daemonset/spawner-sweeper", "deployment/spawner-proxy"] {
-        kubectl(kubeconfig, &["-n", spawner::names::SYSTEM_NAMESPACE, "rollout", "restart", workload])?;
+    let applied = kubectl(kubeconfig, &["apply", "-k", OVERLAY_DIR])?;
+    let changed: Vec<&str> = applied.lines().filter(|l| !l.ends_with(" unchanged")).collect();
+    if changed.is_empty() {
+        println!("    nothing changed");
+    } else {
+        for line in changed {
+            println!("    {line}");
+        }
     }
     for workload in ["deployment/spawner-controller", "daemonset/spawner-sweeper", "deployment/spawner-proxy"] {
         println!("    waiting for {workload}");
@@ -145,4 +187,22 @@ pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
         bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overlay_pins_each_image_by_its_content_tag() {
+        let images = [Pinned {
+            name: "localhost/spawner/controller".into(),
+            content_ref: "localhost/spawner/controller:0.1.0-0123456789ab".into(),
+        }];
+        let yaml = overlay(&images);
+        assert!(yaml.contains("resources:\n- ../../config/default\n"), "{yaml}");
+        assert!(yaml.contains("- name: localhost/spawner/controller\n  newTag: 0.1.0-0123456789ab\n"), "{yaml}");
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(parsed["kind"], "Kustomization");
+    }
 }

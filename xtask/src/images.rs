@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::oci::{ImageSpec, build_image_to};
+use crate::oci::{Built, ImageSpec, build_image_to};
 
 /// Component name (as in `spawner::names::image`) and the binary it runs.
 pub const RUST_IMAGES: &[(&str, &str)] = &[
@@ -26,8 +26,28 @@ pub const TEST_IMAGES: &[(&str, &str)] = &[("netcheck", "spawner-netcheck")];
 
 const NONROOT: &str = "65532:65532";
 
-/// Builds every image; returns the OCI tars.
-pub fn build() -> Result<Vec<PathBuf>> {
+/// One built image: its name without the tag (`localhost/spawner/controller`) and the reference
+/// that pins its content (`localhost/spawner/controller:0.1.0-<digest>`).
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub name: String,
+    pub content_ref: String,
+}
+
+impl Pinned {
+    fn of(built: &Built) -> Self {
+        let name = built.content_ref.rsplit_once(':').map_or(built.content_ref.as_str(), |(name, _)| name);
+        Pinned { name: name.to_string(), content_ref: built.content_ref.clone() }
+    }
+
+    /// The tag part of the content reference.
+    pub fn tag(&self) -> &str {
+        self.content_ref.rsplit_once(':').map_or("", |(_, tag)| tag)
+    }
+}
+
+/// Builds every image; returns what was written.
+pub fn build() -> Result<Vec<Built>> {
     let root = crate::project_root();
     let started = Instant::now();
     println!("==> cargo build --release (the binaries in the images)");
@@ -75,22 +95,25 @@ pub fn build() -> Result<Vec<PathBuf>> {
     Ok(tars)
 }
 
-/// Builds the images and loads them into the local cluster's containerd.
-pub fn build_and_load() -> Result<()> {
-    for tar in build()? {
+/// Builds the images and loads them into the local cluster's containerd, each under its
+/// release tag and its content tag; returns the content references.
+pub fn build_and_load() -> Result<Vec<Pinned>> {
+    let mut pinned = Vec::new();
+    for image in build()? {
         let t = Instant::now();
-        crate::cluster::load_image(&tar).with_context(|| format!("importing {}", tar.display()))?;
-        println!("    imported {} in {:.1?}", tar.file_name().unwrap().to_string_lossy(), t.elapsed());
+        crate::cluster::load_image(&image.path).with_context(|| format!("importing {}", image.path.display()))?;
+        println!("    imported {} in {:.1?}", image.content_ref, t.elapsed());
+        pinned.push(Pinned::of(&image));
     }
-    Ok(())
+    Ok(pinned)
 }
 
-fn write(spec: ImageSpec, dir: &Path) -> Result<PathBuf> {
+fn write(spec: ImageSpec, dir: &Path) -> Result<Built> {
     let file: String = spec.name_tag.rsplit('/').next().unwrap().replace(':', "-");
     let out = dir.join(format!("{file}.tar"));
-    build_image_to(&spec, &out).with_context(|| format!("building image {}", spec.name_tag))?;
-    println!("    {} -> {}", spec.name_tag, out.display());
-    Ok(out)
+    let built = build_image_to(&spec, &out).with_context(|| format!("building image {}", spec.name_tag))?;
+    println!("    {} -> {}", built.content_ref, out.display());
+    Ok(built)
 }
 
 fn nginx_image() -> Result<ImageSpec> {

@@ -109,7 +109,7 @@ fn main() -> ExitCode {
             if no_load {
                 images::build().map(|_| ())
             } else {
-                cluster::up(&cluster::UpOptions::default()).and_then(|()| images::build_and_load())
+                cluster::up(&cluster::UpOptions::default()).and_then(|()| images::build_and_load()).map(drop)
             }
         }
         Command::Deploy { kind, local, no_demo } => {

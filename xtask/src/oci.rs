@@ -34,25 +34,19 @@ pub struct ImageSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Builds a one-layer image from `files` ((source, destination in the image, mode)) and writes it
-/// to `~/.cache/spawner/images/<name>.tar`; returns that path.
-#[allow(dead_code)] // API for `cargo xtask images`
-pub fn build_image(name_tag: &str, files: &[(&Path, &str, u32)], entrypoint: &[&str], user: &str) -> Result<PathBuf> {
-    let spec = ImageSpec {
-        name_tag: name_tag.to_string(),
-        files: files.iter().map(|(s, d, m)| (s.to_path_buf(), d.to_string(), *m)).collect(),
-        entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
-        user: user.to_string(),
-        ..Default::default()
-    };
-    let file_name: String =
-        name_tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
-    let out = crate::cluster::cache_root()?.join("images").join(format!("{file_name}.tar"));
-    build_image_to(&spec, &out)
+/// An image written by [`build_image_to`].
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The OCI-layout tar.
+    pub path: PathBuf,
+    /// `repo:<tag>-<first 12 hex digits of the manifest digest>`: a reference that changes exactly
+    /// when the image's content does. The tar carries it besides `name_tag`, so a workload
+    /// pointed at it rolls out when, and only when, its image changed.
+    pub content_ref: String,
 }
 
-/// Builds the image described by `spec` into the OCI-layout tar `out`; returns `out`.
-pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<PathBuf> {
+/// Builds the image described by `spec` into the OCI-layout tar `out`.
+pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<Built> {
     let (repo, tag) = split_ref(&spec.name_tag)?;
     let layer_tar = layer(spec)?;
     let diff_id = sha256_hex(&layer_tar);
@@ -108,23 +102,31 @@ pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<PathBuf> {
         }],
     }))?;
     let manifest_digest = sha256_hex(&manifest_blob);
+    let content_tag = format!("{tag}-{}", &manifest_digest[..12]);
+    // The same manifest under both tags: one entry per name, as `ctr images import` reads them.
+    let entries: Vec<serde_json::Value> = [&tag, &content_tag]
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{manifest_digest}"),
+                "size": manifest_blob.len(),
+                "platform": { "architecture": "amd64", "os": "linux" },
+                "annotations": {
+                    "io.containerd.image.name": format!("{repo}:{t}"),
+                    "org.opencontainers.image.ref.name": t,
+                },
+            })
+        })
+        .collect();
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{manifest_digest}"),
-            "size": manifest_blob.len(),
-            "platform": { "architecture": "amd64", "os": "linux" },
-            "annotations": {
-                "io.containerd.image.name": format!("{repo}:{tag}"),
-                "org.opencontainers.image.ref.name": tag,
-            },
-        }],
+        "manifests": entries,
     }))?;
     let docker_manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": format!("blobs/sha256/{config_digest}"),
-        "RepoTags": [format!("{repo}:{tag}")],
+        "RepoTags": [format!("{repo}:{tag}"), format!("{repo}:{content_tag}")],
         "Layers": [format!("blobs/sha256/{layer_digest}")],
     }]))?;
 
@@ -144,7 +146,7 @@ pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<PathBuf> {
     append(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
     tar.into_inner()?.flush()?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-    Ok(out.to_path_buf())
+    Ok(Built { path: out.to_path_buf(), content_ref: format!("{repo}:{content_tag}") })
 }
 
 /// `registry/repo:tag` -> (`registry/repo`, `tag`); the tag defaults to `latest`.
@@ -256,7 +258,12 @@ mod tests {
         };
         let a = build_image_to(&spec, &dir.join("a.tar")).unwrap();
         let b = build_image_to(&spec, &dir.join("b.tar")).unwrap();
-        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+        assert_eq!(std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
+        assert_eq!(a.content_ref, b.content_ref);
+        assert!(a.content_ref.starts_with("spawner.local/test:1-"), "{}", a.content_ref);
+        std::fs::write(&src, b"#!/bin/false\n").unwrap();
+        let c = build_image_to(&spec, &dir.join("c.tar")).unwrap();
+        assert_ne!(a.content_ref, c.content_ref, "new content, new reference");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

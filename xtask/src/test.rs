@@ -33,8 +33,9 @@ pub fn run(opts: Options) -> Result<()> {
     step("cargo clippy", || cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("generated manifests are fresh", || crate::manifests::generate(crate::manifests::Mode::Check))?;
     step("local cluster", || crate::cluster::up(&crate::cluster::UpOptions::default()))?;
+    let mut images = Vec::new();
     if !opts.no_deploy {
-        step("images", crate::images::build_and_load)?;
+        step("images", || crate::images::build_and_load().map(|pinned| images = pinned))?;
     }
     step("remove a deployed Spawner (tests run their own)", || crate::deploy::remove(&kubeconfig))?;
 
@@ -47,7 +48,7 @@ pub fn run(opts: Options) -> Result<()> {
         cargo_test(&args, &mut tally)
     });
     if result.is_ok() && !opts.no_deploy {
-        result = step("deploy config/default", || crate::deploy::apply_default(&kubeconfig)).and_then(|()| {
+        result = step("deploy config/default", || crate::deploy::apply_default(&kubeconfig, &images)).and_then(|()| {
             step("cargo test (end to end)", || {
                 let mut args = vec!["test", "--workspace"];
                 args.extend(&extra);
