@@ -92,6 +92,53 @@ async fn the_original_demo_is_accepted_and_bad_specs_are_rejected_naming_the_fie
     assert!(message.contains("metadata.name"), "{message}");
 }
 
+/// The pod is the session and is never recreated: edits to what it was made from are refused
+/// naming the field, while the lifetime limits (read on every reconcile) may change.
+#[tokio::test]
+async fn what_the_pod_was_made_from_is_immutable_and_the_lifetime_limits_are_not() {
+    let env = TestEnv::new("immutable").await;
+    support::install_crd(&env.client).await;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &kube::api::ApiResource::erase::<SessionLivedBackend>(&()),
+    );
+    let mut manifest = backend_json(serde_json::json!({"template": app()}));
+    manifest["metadata"]["name"] = "kept".into();
+    let created = api.create(&PostParams::default(), &serde_json::from_value(manifest).unwrap()).await.unwrap();
+
+    let edits = [
+        (
+            serde_json::json!({"template": {"containers": [{"name": "application", "image": "example/other"}]}}),
+            "spec.template",
+        ),
+        (serde_json::json!({"gracePeriodSeconds": 60}), "spec.gracePeriodSeconds"),
+        (serde_json::json!({"httpPort": 3000}), "spec.httpPort"),
+        (serde_json::json!({"auth": {"mode": "None"}}), "spec.auth"),
+        (serde_json::json!({"sidecar": {"inject": false}, "auth": {"mode": "None"}}), "spec.sidecar"),
+    ];
+    for (spec, field) in edits {
+        let patch = kube::api::Patch::Merge(serde_json::json!({ "spec": spec }));
+        match api.patch("kept", &kube::api::PatchParams::default(), &patch).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{status:?}");
+                assert!(
+                    status.message.contains(field),
+                    "editing {spec} is refused without naming {field}: {}",
+                    status.message
+                );
+            }
+            other => panic!("editing {spec} was not refused: {other:?}"),
+        }
+    }
+    let patch =
+        kube::api::Patch::Merge(serde_json::json!({"spec": {"maxLifetimeSeconds": 7200, "startupTimeoutSeconds": 60}}));
+    let edited =
+        api.patch("kept", &kube::api::PatchParams::default(), &patch).await.expect("lifetime limits may change");
+    assert_eq!(edited.data["spec"]["maxLifetimeSeconds"], 7200);
+    assert_eq!(edited.data["spec"]["template"], created.data["spec"]["template"]);
+}
+
 #[tokio::test]
 async fn config_default_passes_server_side_dry_run() {
     let env = TestEnv::new("dry-run").await;

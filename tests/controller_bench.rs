@@ -108,7 +108,9 @@ async fn burst(n: usize, concurrency: usize, auth: &str) -> (Duration, Duration)
             .await;
     })
     .await;
-    drop(raw);
+    // The namespace's 500 Pods and Services are deleted before the controller's turn, not
+    // during it.
+    raw.delete_and_wait(Duration::from_secs(300)).await;
 
     let env = TestEnv::new("bench-controller").await;
     prepare(&env).await;

@@ -65,6 +65,39 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
         "message": "spec.auth.mode must be None when spec.sidecar.inject is false: the sidecar is what checks the token",
         "fieldPath": ".auth.mode",
         "reason": "FieldValueInvalid"
+    },
+    // What the pod was made from cannot change: the pod is the session and is never recreated,
+    // so an edit would be accepted and silently do nothing. The lifetime limits stay editable
+    // (the controller reads them on every reconcile).
+    {
+        "rule": "self.template == oldSelf.template",
+        "message": "spec.template is immutable: the backend's pod is never recreated (create a new backend instead)",
+        "fieldPath": ".template",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.gracePeriodSeconds == oldSelf.gracePeriodSeconds",
+        "message": "spec.gracePeriodSeconds is immutable: the sweeper keeps the value the backend's pod was made with",
+        "fieldPath": ".gracePeriodSeconds",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.httpPort == oldSelf.httpPort",
+        "message": "spec.httpPort is immutable: the backend's pod is never recreated",
+        "fieldPath": ".httpPort",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.sidecar == oldSelf.sidecar",
+        "message": "spec.sidecar is immutable: the backend's pod is never recreated",
+        "fieldPath": ".sidecar",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.auth == oldSelf.auth",
+        "message": "spec.auth is immutable: the backend's token is made once, with its pod",
+        "fieldPath": ".auth",
+        "reason": "FieldValueInvalid"
     }
 ]))]
 pub struct SessionLivedBackendSpec {

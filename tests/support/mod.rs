@@ -180,6 +180,15 @@ impl TestEnv {
             .expect("running kubectl")
     }
 
+    /// Deletes the namespace and waits until it is gone, so that what it held no longer loads
+    /// the API server (a benchmark's next phase must not pay for this one's cleanup).
+    pub async fn delete_and_wait(self, timeout: Duration) {
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        let uid = namespaces.get(&self.namespace).await.expect("the test namespace").metadata.uid.unwrap_or_default();
+        namespaces.delete(&self.namespace, &DeleteParams::background()).await.expect("deleting the test namespace");
+        wait_for(&namespaces, &self.namespace, conditions::is_deleted(&uid), timeout).await;
+    }
+
     fn dump(&self) {
         let dump = Command::new("kubectl")
             .args(["get", "all,sessionlivedbackends,secrets,events", "-o", "wide", "--namespace", &self.namespace])
