@@ -6,6 +6,7 @@
 //! been idle for their grace period. See the README for the whole picture.
 #![forbid(unsafe_code)]
 
+pub mod admin_http;
 pub mod cli;
 pub mod controllers;
 pub mod crd;
@@ -35,6 +36,9 @@ pub mod names {
     pub const MANAGED_BY_VALUE: &str = "spawner";
     /// Label naming the backend a pod, Service or Secret belongs to.
     pub const BACKEND_LABEL: &str = "spawner.dev/backend";
+    /// Annotation on a backend's pod: the backend's `gracePeriodSeconds`, so the sweeper need
+    /// not read the backend (pods made before it existed are read from the backend instead).
+    pub const GRACE_PERIOD_ANNOTATION: &str = "spawner.dev/grace-period-seconds";
     /// Version of the images `config/default` references.
     pub const IMAGE_TAG: &str = "0.1.0";
     /// Image of a Spawner component as `config/default` references it (and as

@@ -1,22 +1,16 @@
 //! `/metrics`, `/healthz` and `/readyz` for the kubelet and Prometheus.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use kube::runtime::reflector::Store;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
+use crate::admin_http::{self, Reply, text};
 use crate::controllers::metrics::Metrics;
 use crate::crd::SessionLivedBackend;
 
@@ -55,35 +49,10 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let (registry, health, metrics) = (registry.clone(), health.clone(), metrics.clone());
-        let service = service_fn(move |req| {
-            let response = respond(&req, &registry, &health, &metrics);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
-    graceful.shutdown().await;
+    admin_http::serve(listener, stop, move |req: &Request<Incoming>| respond(req, &registry, &health, &metrics)).await;
 }
 
-fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health, metrics: &Metrics) -> Reply {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -95,23 +64,8 @@ fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health, metric
             if let Some(phases) = health.phases() {
                 metrics.set_backends(phases);
             }
-            let mut body = String::new();
-            if prometheus_client::encoding::text::encode(&mut body, registry).is_err() {
-                return text(StatusCode::INTERNAL_SERVER_ERROR, "failed to encode metrics\n");
-            }
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            response
+            admin_http::openmetrics(registry)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
 }

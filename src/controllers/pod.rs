@@ -92,7 +92,15 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
         }
     }
 
-    Pod { metadata: child_meta(backend), spec: Some(template), status: None }
+    let mut metadata = child_meta(backend);
+    if spec.sidecar.inject {
+        // The sweeper on the pod's node reads the grace period here instead of fetching the
+        // backend (the field is immutable, so the copy cannot go stale).
+        metadata.annotations = Some(
+            [(names::GRACE_PERIOD_ANNOTATION.to_string(), spec.grace_period_seconds.to_string())].into_iter().collect(),
+        );
+    }
+    Pod { metadata, spec: Some(template), status: None }
 }
 
 fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Container {
@@ -180,6 +188,27 @@ mod tests {
 
     fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
         c.env.as_ref()?.iter().find(|e| e.name == name)?.value.as_deref()
+    }
+
+    #[test]
+    fn the_pod_tells_the_sweeper_its_grace_period_and_only_when_it_has_a_sidecar() {
+        let mut backend = SessionLivedBackend::test();
+        backend.spec.grace_period_seconds = 42;
+        let pod = build_pod(&backend, &SidecarConfig::default());
+        let annotations = pod.metadata.annotations.unwrap();
+        assert_eq!(annotations[names::GRACE_PERIOD_ANNOTATION], "42");
+        // And the sweeper reads it back as that grace period.
+        let mut seen = build_pod(&backend, &SidecarConfig::default());
+        seen.status =
+            Some(k8s_openapi::api::core::v1::PodStatus { pod_ip: Some("10.244.0.9".into()), ..Default::default() });
+        match crate::sweeper::pods::classify(&seen) {
+            crate::sweeper::pods::PodView::Follow { grace, .. } => {
+                assert_eq!(grace, Some(std::time::Duration::from_secs(42)))
+            }
+            other => panic!("the sweeper does not follow the pod: {other:?}"),
+        }
+        let without = build_pod(&SessionLivedBackend::test().without_sidecar(), &SidecarConfig::default());
+        assert!(without.metadata.annotations.is_none(), "nothing sweeps a backend without a sidecar");
     }
 
     #[test]

@@ -1,16 +1,10 @@
 //! Prometheus metrics of the sweeper, and the small HTTP server for `/metrics` and `/healthz`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::admin_http::{self, text};
 
 /// Errors of the metrics server.
 #[derive(Debug, thiserror::Error)]
@@ -129,14 +125,6 @@ impl Metrics {
     pub fn sweep(&self, result: SweepResult) {
         self.sweeps.get_or_create(&SweepLabels { result }).inc();
     }
-
-    /// The metrics in the Prometheus text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
 }
 
 /// Binds the metrics port (separately from serving, so a taken port fails at startup).
@@ -150,45 +138,10 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Cancellati
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics and /healthz");
     }
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: keep serving the next one.
-                    tracing::warn!(error = %err, "accepting a /metrics connection failed");
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        let service = service_fn(move |req| {
-            let metrics = metrics.clone();
-            async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "/metrics connection failed");
-            }
-        });
-    }
-    graceful.shutdown().await;
-}
-
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
-        }
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    response
+    admin_http::serve(listener, shutdown, move |req: &Request<Incoming>| match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => admin_http::openmetrics(&metrics.registry),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+    .await;
 }

@@ -21,9 +21,7 @@ use super::sweep::{ApiSweeper, BackendRef};
 use crate::crd::SessionLivedBackend;
 use crate::names;
 
-/// Annotation the controller may put on a backend's pod so the sweeper need not read the
-/// backend for its grace period.
-pub const GRACE_PERIOD_ANNOTATION: &str = "spawner.dev/grace-period-seconds";
+pub use crate::names::GRACE_PERIOD_ANNOTATION;
 
 /// What to do about one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]

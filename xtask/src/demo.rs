@@ -2,11 +2,12 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// Creates a drop-four backend with the `spawner` CLI, waits until it is Ready and returns its
-/// URL (with the token).
+/// Creates a drop-four backend with the `spawner` CLI, waits until it is Ready and its page is
+/// served through the reverse proxy, and returns its URL (with the token).
 pub fn create(kubeconfig: &Path) -> Result<String> {
     let cli = crate::project_root().join("target/release/spawner");
     println!("==> spawner create --image {} --wait", spawner::names::image("demo-drop-four"));
@@ -20,10 +21,37 @@ pub fn create(kubeconfig: &Path) -> Result<String> {
         bail!("creating the demo backend failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
+    let url = stdout
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with("http"))
         .map(|l| l.trim().to_string())
-        .context("the CLI printed no URL")
+        .context("the CLI printed no URL")?;
+    wait_until_served(&url)?;
+    Ok(url)
+}
+
+/// Ready means the pod answers; the Service's forwarding rules (kube-proxy) can trail it by a
+/// moment, during which the proxy answers 502 or 504. The URL printed must work when opened, so
+/// wait (bounded) until the page comes back.
+fn wait_until_served(url: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
+            .output()
+            .context("running curl")?;
+        last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if last == "200" {
+            if started.elapsed() > Duration::from_secs(1) {
+                println!("    served through the proxy after {:.1?}", started.elapsed());
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!(
+        "the demo backend is Ready but the proxy still answers {last} for it after 30 s: see `kubectl -n spawner-system logs deploy/spawner-proxy`"
+    )
 }
