@@ -196,9 +196,16 @@ http {{
             proxy_send_timeout 1h;
             proxy_redirect off;
 
-            # nginx's own 502s (the backend's are passed through untouched): the name did not
-            # resolve (no such Service) or the Service refused the connection.
+            # nginx's own 502s and 504s (the backend's are passed through untouched): the name
+            # did not resolve (no such Service), the Service refused the connection, or the
+            # connection did not complete in time.
             error_page 502 = @spawner_unavailable;
+            error_page 504 = @spawner_timeout;
+        }}
+
+        location @spawner_timeout {{
+            default_type application/json;
+            return 504 "{{\"error\":\"backend did not answer in time\",\"namespace\":\"$spawner_ns\",\"backend\":\"$spawner_backend\"}}\n";
         }}
 
         location @spawner_unavailable {{

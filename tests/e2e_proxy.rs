@@ -294,6 +294,8 @@ fn dechunk(mut body: &str) -> String {
 struct World {
     nginx: Nginx,
     release_stream: Arc<Notify>,
+    /// The port every backend name maps to (on its own loopback address).
+    backend_port: u16,
     _demo: DemoProcess,
 }
 
@@ -307,7 +309,7 @@ impl Drop for DemoProcess {
 }
 
 /// echo.ns1 → 127.0.0.1, game.demo → 127.0.0.3 (the demo binary, same port), refused.ns1 →
-/// 127.0.0.2 where nothing listens.
+/// 127.0.0.2 where nothing listens, stalled.ns1 → 127.0.0.4 (for a test that makes it stall).
 async fn world() -> World {
     let release_stream = Arc::new(Notify::new());
     let echo = start_echo("127.0.0.1:0".parse().unwrap(), release_stream.clone()).await;
@@ -327,15 +329,43 @@ async fn world() -> World {
         ("echo.ns1.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 1)),
         ("refused.ns1.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 2)),
         ("game.demo.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 3)),
+        ("stalled.ns1.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 4)),
     ]);
     let dns = start_dns(records).await;
     let nginx = start_nginx(dns, echo.port()).await;
-    World { nginx, release_stream, _demo: demo }
+    World { nginx, release_stream, backend_port: echo.port(), _demo: demo }
 }
 
 fn echo_report(response: &RawResponse) -> serde_json::Value {
     assert_eq!(response.status, 200, "{response:?}");
     serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("echo report: {e}: {response:?}"))
+}
+
+/// A backend whose connection never completes (as towards a Service IP that goes nowhere) gets
+/// nginx's own 504 after its connect timeout, in JSON like the proxy's other answers.
+#[tokio::test]
+async fn nginx_answers_504_in_json_when_a_backend_never_accepts() {
+    let world = world().await;
+    let stalled = SocketAddr::from(([127, 0, 0, 4], world.backend_port));
+    // A listener that never accepts, with its accept queue (backlog 1: two connections) full:
+    // the kernel drops further SYNs, so the next connection attempt hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(stalled).unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(TcpStream::connect(stalled).await.unwrap());
+    }
+    let hangs = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(stalled)).await;
+    assert!(hangs.is_err(), "a connection to the full listener completed: {hangs:?}");
+
+    let response = get(world.nginx.port, "/p/ns1/stalled/", &[]).await.unwrap();
+    assert_eq!(response.status, 504, "{response:?}");
+    let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "backend did not answer in time", "namespace": "ns1", "backend": "stalled"})
+    );
 }
 
 #[tokio::test]
@@ -392,8 +422,8 @@ async fn nginx_reports_unknown_backends_and_passes_backend_errors_through() {
     assert!(logs.contains("/p/ns1/refused/x"), "the requests were logged: {logs}");
     assert!(!logs.contains("secret-"), "a token reached the logs: {logs}");
 
-    // The sidecar's 503 while not ready, and even a backend's own 502, arrive untouched.
-    for code in [503, 502, 404] {
+    // The sidecar's 503 while not ready, and even a backend's own 502 or 504, arrive untouched.
+    for code in [503, 502, 504, 404] {
         let response = get(port, &format!("/p/ns1/echo/status/{code}"), &[]).await.unwrap();
         assert_eq!(response.status, code, "{response:?}");
         assert_eq!(response.body, format!("backend says {code}\n"));
