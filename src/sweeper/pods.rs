@@ -23,6 +23,9 @@ use crate::names;
 
 pub use crate::names::GRACE_PERIOD_ANNOTATION;
 
+/// Longest wait between attempts to re-establish the pod watch.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 /// What to do about one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodView {
@@ -189,7 +192,11 @@ pub async fn watch_pods(
     let config = watcher::Config::default()
         .labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE))
         .fields(&format!("spec.nodeName={node}"));
-    let mut events = watcher::watcher(pods, config).default_backoff().boxed();
+    // kube's default backoff grows to 30 s while the API server is away, so after it comes back
+    // new pods would go unfollowed (their sweeps late) for up to that long. One watch per node
+    // can afford a 10 s cap; the jitter spreads the nodes' retries.
+    let backoff = Backoff::new(Duration::from_millis(500), WATCH_BACKOFF_MAX);
+    let mut events = watcher::watcher(pods, config).backoff(backoff).boxed();
     let mut followers = Followers { context, tasks: HashMap::new() };
     let mut listed: Option<HashSet<String>> = None;
     loop {
