@@ -238,6 +238,34 @@ async fn one_of_two_replicas_leads_and_a_terminated_leader_hands_over_at_once() 
     let _ = leases.delete(&lease, &DeleteParams::default()).await;
 }
 
+/// A controller killed without releasing its Lease and restarted under the same identity (a pod's
+/// container restarting keeps the pod's name) takes its Lease back at once, instead of waiting
+/// out the 15 s lease duration as a newcomer must.
+#[tokio::test]
+async fn a_leader_restarted_under_its_own_name_takes_its_lease_back_at_once() {
+    let env = TestEnv::new("ctl-relead").await;
+    prepare(&env).await;
+    let lease = format!("test-{}", env.namespace);
+    let identity = format!("pod-{}", env.namespace);
+    let args = vec![
+        format!("--namespace={}", env.namespace),
+        format!("--lease-name={lease}"),
+        format!("--identity={identity}"),
+    ];
+    let mut first = ControllerProcess::start_with(&args);
+    first.wait_for_metric("spawner_controller_leader 1", WAIT).await;
+    first.kill();
+
+    let second = ControllerProcess::start_with(&args);
+    // Well inside the lease duration: only a holder that recognizes itself gets it this soon.
+    second.wait_for_metric("spawner_controller_leader 1", Duration::from_secs(10)).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.client.clone(), "spawner-system");
+    let spec = leases.get(&lease).await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some(identity.as_str()));
+    assert_eq!(spec.lease_transitions, Some(0), "taking back one's own Lease is not a transition");
+    let _ = leases.delete(&lease, &DeleteParams::default()).await;
+}
+
 #[tokio::test]
 async fn health_and_metrics_are_served() {
     let env = TestEnv::new("ctl-http").await;

@@ -103,8 +103,16 @@ async fn e2e_an_api_server_outage_sweeps_no_backend_in_use_and_the_idle_one_afte
     assert_eq!(still.and_then(|b| b.metadata.uid), busy.metadata.uid.clone(), "the backend in use was swept");
     answers(&mut socket).await;
 
-    // The controller carries on.
-    create_ready(&backends, "after").await;
+    // The controller carries on, and so do cluster DNS and kube-proxy: the new backend is served
+    // through the proxy. (Their watches of the API server back off during the outage too; the
+    // tests after this one must not meet them still catching up.)
+    let after = create_ready(&backends, "after").await;
+    let url = after.status.as_ref().and_then(|s| s.url.clone()).expect("a Ready backend has a URL");
+    let mut reached =
+        support::first_websocket(&format!("{}ws", url.replacen("http", "ws", 1)), Duration::from_secs(90)).await;
+    reached.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
+    answers(&mut reached).await;
+    reached.close(None).await.unwrap();
 
     // And the busy backend is swept once its player leaves.
     socket.close(None).await.unwrap();

@@ -53,8 +53,8 @@ struct Cli {
     #[arg(long, env = "SPAWNER_NO_LEADER_ELECTION")]
     no_leader_election: bool,
 
-    /// This replica's identity for the Lease and Events (default: $POD_NAME, else the hostname,
-    /// plus a random suffix so a restarted process never mistakes itself for the old holder).
+    /// This replica's identity for the Lease and Events (default: $POD_NAME; without it, the
+    /// hostname plus a random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
 }
@@ -88,12 +88,21 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// A pod's name is unique among live pods and survives a restart of its container, so a
+/// controller restarted in place (after losing its Lease to an API server outage, say) finds
+/// its own name on the Lease and takes it back at once instead of waiting out the lease
+/// duration; its previous process is gone by then. Outside a pod (tests, a developer's machine)
+/// processes share the hostname, so a random suffix tells them apart.
 fn identity(explicit: Option<String>) -> String {
-    let base = explicit
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+    if let Some(name) = explicit.filter(|n| !n.is_empty()) {
+        return name;
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "spawner-controller".to_string());
-    format!("{base}_{:08x}", rand::random::<u32>())
+    format!("{host}_{:08x}", rand::random::<u32>())
 }
 
 #[tokio::main]

@@ -278,10 +278,11 @@ pub type ProxiedWebSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens the first WebSocket to a backend that just became Ready. Ready means the pod answers;
-/// the Service's forwarding rules (kube-proxy) can trail it by a moment, during which nginx
-/// answers 502 (refused) or 504 (its connect timed out) without reaching the sidecar, so a
-/// failed attempt is not a connection. Retried until `within` has passed; any other failure,
-/// or one after that, fails the test.
+/// the cluster's view of its Service can trail it by a moment — cluster DNS (nginx answers 404,
+/// and remembers the miss for its resolver's 5 s) or kube-proxy's forwarding rules (502 refused,
+/// 504 connect timed out). None of these reach the sidecar, so a failed attempt is not a
+/// connection. Retried until `within` has passed; any other failure, or one after that, fails
+/// the test.
 pub async fn first_websocket(url: &str, within: Duration) -> ProxiedWebSocket {
     use tokio_tungstenite::tungstenite::Error;
     let give_up = std::time::Instant::now() + within;
@@ -289,7 +290,7 @@ pub async fn first_websocket(url: &str, within: Duration) -> ProxiedWebSocket {
         match tokio_tungstenite::connect_async(url).await {
             Ok((socket, _)) => return socket,
             Err(Error::Http(response))
-                if matches!(response.status().as_u16(), 502 | 504) && std::time::Instant::now() < give_up =>
+                if matches!(response.status().as_u16(), 404 | 502 | 504) && std::time::Instant::now() < give_up =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
