@@ -13,40 +13,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::wait::conditions;
 use spawner::crd::SessionLivedBackend;
-use spawner::names;
 use support::TestEnv;
 use tokio_tungstenite::tungstenite::Message;
 
 const GRACE_SECONDS: u64 = 10;
 /// Longer than the grace period: the idle backend's deadline passes while it cannot be deleted.
 const OUTAGE: Duration = Duration::from_secs(GRACE_SECONDS + 5);
-/// Image pulls, scheduling and probes on a small shared machine.
-const READY_WITHIN: Duration = Duration::from_secs(180);
-
-fn backend(name: &str) -> SessionLivedBackend {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1",
-        "kind": "SessionLivedBackend",
-        "metadata": { "name": name },
-        "spec": {
-            "gracePeriodSeconds": GRACE_SECONDS,
-            "auth": { "mode": "None" },
-            "template": { "containers": [{ "name": "application", "image": names::image("demo-drop-four") }] }
-        }
-    }))
-    .expect("a valid backend")
-}
-
 async fn create_ready(api: &Api<SessionLivedBackend>, name: &str) -> SessionLivedBackend {
-    api.create(&PostParams::default(), &backend(name)).await.expect("creating the backend");
-    let ready = |b: Option<&SessionLivedBackend>| {
-        b.and_then(|b| b.status.as_ref())
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    support::wait_for(api, name, ready, READY_WITHIN).await.expect("the backend exists")
+    support::create_ready(api, &support::demo_backend(name, GRACE_SECONDS)).await
 }
 
 /// The local cluster's kube-apiserver, as `cargo xtask cluster` recorded it.

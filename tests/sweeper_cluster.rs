@@ -31,34 +31,13 @@ use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Image pulls, scheduling and probes on a small shared machine.
-const READY_WITHIN: Duration = Duration::from_secs(180);
-
 fn backend(name: &str, grace_seconds: i64) -> SessionLivedBackend {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1",
-        "kind": "SessionLivedBackend",
-        "metadata": { "name": name },
-        "spec": {
-            "gracePeriodSeconds": grace_seconds,
-            "auth": { "mode": "None" },
-            "template": {
-                "containers": [{ "name": "application", "image": names::image("demo-drop-four") }]
-            }
-        }
-    }))
-    .expect("a valid backend")
+    support::demo_backend(name, grace_seconds as u64)
 }
 
 /// Creates the backend and waits until it is Ready; returns it (with its UID and URL).
 async fn create_ready(env: &TestEnv, name: &str, grace_seconds: i64) -> SessionLivedBackend {
-    let api: Api<SessionLivedBackend> = env.api();
-    api.create(&PostParams::default(), &backend(name, grace_seconds)).await.expect("creating the backend");
-    let ready = |b: Option<&SessionLivedBackend>| {
-        b.and_then(|b| b.status.as_ref())
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    support::wait_for(&api, name, ready, READY_WITHIN).await.expect("the backend exists")
+    support::create_ready(&env.api(), &backend(name, grace_seconds)).await
 }
 
 /// Waits until the backend with this UID is gone; panics after `limit`.
@@ -105,7 +84,7 @@ async fn e2e_sweeper_deletes_an_idle_backend_after_its_grace_period_and_says_why
     let api: Api<SessionLivedBackend> = env.api();
     let backend = api.create(&PostParams::default(), &backend("idle", grace)).await.expect("creating the backend");
 
-    wait_swept(&env, &backend, READY_WITHIN + Duration::from_secs(grace as u64)).await;
+    wait_swept(&env, &backend, support::READY_WITHIN + Duration::from_secs(grace as u64)).await;
 
     let event = sweep_event(&env, &backend).await;
     assert_eq!(event.reporting_controller.as_deref(), Some(names::SWEEPER));
@@ -252,7 +231,7 @@ async fn backend_with_pod(
     let running = |p: Option<&Pod>| {
         p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
     };
-    let pod = support::wait_for(&pods, name, running, READY_WITHIN).await.expect("the pod exists");
+    let pod = support::wait_for(&pods, name, running, support::READY_WITHIN).await.expect("the pod exists");
     let node = pod.spec.and_then(|s| s.node_name).expect("a running pod has a node");
     (backend, node)
 }

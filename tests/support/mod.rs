@@ -298,3 +298,38 @@ pub async fn first_websocket(url: &str, within: Duration) -> ProxiedWebSocket {
         }
     }
 }
+
+/// Image pulls, scheduling and probes on a small shared machine.
+pub const READY_WITHIN: Duration = Duration::from_secs(180);
+
+/// A drop-four demo backend without auth, swept after `grace_seconds` idle.
+pub fn demo_backend(name: &str, grace_seconds: u64) -> spawner::crd::SessionLivedBackend {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1",
+        "kind": "SessionLivedBackend",
+        "metadata": { "name": name },
+        "spec": {
+            "gracePeriodSeconds": grace_seconds,
+            "auth": { "mode": "None" },
+            "template": {
+                "containers": [{ "name": "application", "image": spawner::names::image("demo-drop-four") }]
+            }
+        }
+    }))
+    .expect("a valid backend")
+}
+
+/// Creates `backend` and waits (up to [`READY_WITHIN`]) until its Ready condition is True;
+/// returns it as it is then (with its UID and URL).
+pub async fn create_ready(
+    api: &Api<spawner::crd::SessionLivedBackend>,
+    backend: &spawner::crd::SessionLivedBackend,
+) -> spawner::crd::SessionLivedBackend {
+    use kube::ResourceExt;
+    api.create(&PostParams::default(), backend).await.expect("creating the backend");
+    let ready = |b: Option<&spawner::crd::SessionLivedBackend>| {
+        b.and_then(|b| b.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    wait_for(api, &backend.name_any(), ready, READY_WITHIN).await.expect("the backend exists")
+}
