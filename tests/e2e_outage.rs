@@ -83,7 +83,9 @@ async fn e2e_an_api_server_outage_sweeps_no_backend_in_use_and_the_idle_one_afte
     // The controller carries on, and so do cluster DNS and kube-proxy: the new backend is served
     // through the proxy. (Their watches of the API server back off during the outage too; the
     // tests after this one must not meet them still catching up.)
-    let after = create_ready(&backends, "after").await;
+    // A long grace period: it must still be there when DNS catches up, which can take longer
+    // than the others' 10 s.
+    let after = support::create_ready(&backends, &support::demo_backend("after", 300)).await;
     let url = after.status.as_ref().and_then(|s| s.url.clone()).expect("a Ready backend has a URL");
     let mut reached =
         support::first_websocket(&format!("{}ws", url.replacen("http", "ws", 1)), Duration::from_secs(90)).await;
