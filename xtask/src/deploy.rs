@@ -27,22 +27,29 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
         Target::Auto => Target::Local,
         t => t,
     };
-    let (kubeconfig, images) = match target {
+    let (kubeconfig, images, base_url) = match target {
         Target::Kind => {
-            if !kind_available() {
-                bail!("--kind needs `kind` and a running Docker daemon; without them use --local");
+            if crate::cluster::running() {
+                bail!(
+                    "the local cluster runs and serves {} too; stop it first (`cargo xtask cluster down`) or deploy to it (`cargo xtask deploy --local`)",
+                    crate::manifests::PROXY_BASE_URL
+                );
             }
-            kind_up()?
+            let kind = crate::kind::up(&crate::kind::Options::default())?;
+            println!("==> images");
+            let built = crate::images::build()?;
+            kind.load(&built.iter().map(|b| b.path.clone()).collect::<Vec<_>>())?;
+            (kind.kubeconfig.clone(), built.iter().map(Pinned::of).collect(), kind.base_url)
         }
         Target::Auto | Target::Local => {
             crate::cluster::up(&crate::cluster::UpOptions::default())?;
             println!("==> images");
             let images = crate::images::build_and_load()?;
-            (crate::cluster::kubeconfig_path(), images)
+            (crate::cluster::kubeconfig_path(), images, crate::manifests::PROXY_BASE_URL.to_string())
         }
     };
-    apply_default(&kubeconfig, &images)?;
-    println!("Spawner is up in {:.1?}; reverse proxy: {}", started.elapsed(), crate::manifests::PROXY_BASE_URL);
+    apply_default(&kubeconfig, &images, &base_url)?;
+    println!("Spawner is up in {:.1?}; reverse proxy: {base_url}", started.elapsed());
     if demo {
         let url = crate::demo::create(&kubeconfig)?;
         println!();
@@ -52,51 +59,7 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
     Ok(())
 }
 
-/// Creates the kind cluster `spawner` (the proxy's NodePort mapped to the host), builds the images
-/// with Docker and loads them, each also under a tag made from its image ID; returns the
-/// kubeconfig and those content references.
-fn kind_up() -> Result<(PathBuf, Vec<Pinned>)> {
-    let run = |program: &str, args: &[&str]| -> Result<String> {
-        let out = Command::new(program)
-            .args(args)
-            .current_dir(crate::project_root())
-            .output()
-            .with_context(|| format!("running {program}"))?;
-        if !out.status.success() {
-            bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let kubeconfig = crate::cluster::cache_root()?.join("kind-spawner.kubeconfig");
-    if !run("kind", &["get", "clusters"])?.lines().any(|l| l == "spawner") {
-        println!("==> kind create cluster --name spawner");
-        let config = crate::cluster::cache_root()?.join("kind-spawner.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n  extraPortMappings:\n  - containerPort: {port}\n    hostPort: {port}\n",
-                port = crate::manifests::PROXY_NODE_PORT
-            ),
-        )?;
-        run("kind", &["create", "cluster", "--name", "spawner", "--config", config.to_str().unwrap()])?;
-    }
-    std::fs::write(&kubeconfig, run("kind", &["get", "kubeconfig", "--name", "spawner"])?)?;
-    let mut pinned = Vec::new();
-    for (component, _) in crate::images::RUST_IMAGES.iter().chain(&[("nginx", "nginx")]) {
-        let image = spawner::names::image(component);
-        println!("==> docker build --target {component} -t {image}");
-        run("docker", &["build", "-f", "images/Dockerfile", "--target", component, "-t", &image, "."])?;
-        let id = run("docker", &["image", "inspect", "--format", "{{.Id}}", &image])?;
-        let hex = id.trim().trim_start_matches("sha256:");
-        let name = image.rsplit_once(':').map_or(image.as_str(), |(name, _)| name);
-        let content_ref = format!("{image}-{}", &hex[..hex.len().min(12)]);
-        run("docker", &["tag", &image, &content_ref])?;
-        run("kind", &["load", "docker-image", "--name", "spawner", &image, &content_ref])?;
-        pinned.push(Pinned { name: name.to_string(), content_ref });
-    }
-    Ok((kubeconfig, pinned))
-}
-
+/// kind on PATH and a Docker engine that answers: a user's machine set up for kind.
 fn kind_available() -> bool {
     let ok = |cmd: &str, args: &[&str]| Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
     ok("kind", &["version"]) && ok("docker", &["info"])
@@ -109,7 +72,7 @@ const OVERLAY_DIR: &str = "target/deploy";
 /// A kustomization of config/default with each of our images pinned to its content reference:
 /// applying it changes a workload only when its image did, so deploying again with nothing new
 /// restarts nothing (and nginx keeps its users' WebSockets).
-fn overlay(images: &[Pinned]) -> String {
+fn overlay(images: &[Pinned], base_url: &str) -> String {
     let mut out = String::from(
         "# Written by `cargo xtask deploy`: config/default with images pinned by content.\n\
          apiVersion: kustomize.config.k8s.io/v1beta1\n\
@@ -117,6 +80,15 @@ fn overlay(images: &[Pinned]) -> String {
          resources:\n\
          - ../../config/default\n",
     );
+    if base_url != crate::manifests::PROXY_BASE_URL {
+        // The controller's first argument is its --base-url (a test pins that).
+        out.push_str(&format!(
+            "patches:\n\
+             - target:\n    kind: Deployment\n    name: {}\n  patch: |-\n\
+             \x20   - op: replace\n      path: /spec/template/spec/containers/0/args/0\n      value: --base-url={base_url}\n",
+            spawner::names::CONTROLLER
+        ));
+    }
     if !images.is_empty() {
         out.push_str("images:\n");
         for image in images {
@@ -128,12 +100,12 @@ fn overlay(images: &[Pinned]) -> String {
 
 /// `kubectl apply -k config/default` (through an overlay pinning `images` by content) and waits
 /// for every rollout.
-pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned]) -> Result<()> {
+pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned], base_url: &str) -> Result<()> {
     let t = Instant::now();
     println!("==> kubectl apply -k config/default (images pinned by content)");
     let dir = crate::project_root().join(OVERLAY_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("kustomization.yaml"), overlay(images))
+    std::fs::write(dir.join("kustomization.yaml"), overlay(images, base_url))
         .with_context(|| format!("writing {}/kustomization.yaml", dir.display()))?;
     // The CRD first, so it is Established before anything could use it; the same (client-side)
     // apply as the kustomization's, so the second apply finds it unchanged.
@@ -192,6 +164,7 @@ pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[test]
     fn the_overlay_pins_each_image_by_its_content_tag() {
@@ -199,10 +172,27 @@ mod tests {
             name: "localhost/spawner/controller".into(),
             content_ref: "localhost/spawner/controller:0.1.0-0123456789ab".into(),
         }];
-        let yaml = overlay(&images);
+        let yaml = overlay(&images, crate::manifests::PROXY_BASE_URL);
         assert!(yaml.contains("resources:\n- ../../config/default\n"), "{yaml}");
         assert!(yaml.contains("- name: localhost/spawner/controller\n  newTag: 0.1.0-0123456789ab\n"), "{yaml}");
         let parsed: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(parsed["kind"], "Kustomization");
+        assert!(!yaml.contains("patches"), "{yaml}");
+    }
+
+    #[test]
+    fn another_base_url_replaces_the_controllers_base_url_argument() {
+        let yaml = overlay(&[], "http://127.0.0.1:31080");
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let patch: serde_yaml::Value = serde_yaml::from_str(parsed["patches"][0]["patch"].as_str().unwrap()).unwrap();
+        assert_eq!(patch[0]["value"], "--base-url=http://127.0.0.1:31080");
+        // The patch replaces args[0]: it must be the --base-url of the generated Deployment.
+        let manager = std::fs::read_to_string(crate::project_root().join("config/manager/controller.yaml")).unwrap();
+        let deployment = serde_yaml::Deserializer::from_str(&manager)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .find(|d| d["kind"] == "Deployment")
+            .expect("the controller's Deployment");
+        let first = deployment["spec"]["template"]["spec"]["containers"][0]["args"][0].as_str().unwrap();
+        assert!(first.starts_with("--base-url="), "{first}");
     }
 }

@@ -1,4 +1,5 @@
-//! Debian packages the local cluster, the images and the tests need, installed when missing.
+//! Debian packages the local cluster, kind, the images, the benchmarks and the tests need,
+//! installed when missing: the preparation every `cargo xtask` entry point shares.
 
 use std::process::Command;
 
@@ -18,6 +19,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "the sidecar benchmark's reference"),
     ("wrk", "HTTP load for the benchmarks"),
     ("chromium", "the browser test"),
+    ("docker.io", "the Docker engine kind runs on, where none runs"),
+    ("debootstrap", "the root filesystem of the kind node image"),
 ];
 
 fn installed(package: &str) -> bool {

@@ -35,7 +35,7 @@ pub struct Pinned {
 }
 
 impl Pinned {
-    fn of(built: &Built) -> Self {
+    pub fn of(built: &Built) -> Self {
         let name = built.content_ref.rsplit_once(':').map_or(built.content_ref.as_str(), |(name, _)| name);
         Pinned { name: name.to_string(), content_ref: built.content_ref.clone() }
     }
@@ -98,14 +98,19 @@ pub fn build() -> Result<Vec<Built>> {
 /// Builds the images and loads them into the local cluster's containerd, each under its
 /// release tag and its content tag; returns the content references.
 pub fn build_and_load() -> Result<Vec<Pinned>> {
-    let mut pinned = Vec::new();
-    for image in build()? {
+    let built = build()?;
+    load_local(&built)?;
+    Ok(built.iter().map(Pinned::of).collect())
+}
+
+/// Loads built images into the local cluster's containerd.
+pub fn load_local(built: &[Built]) -> Result<()> {
+    for image in built {
         let t = Instant::now();
         crate::cluster::load_image(&image.path).with_context(|| format!("importing {}", image.path.display()))?;
         println!("    imported {} in {:.1?}", image.content_ref, t.elapsed());
-        pinned.push(Pinned::of(&image));
     }
-    Ok(pinned)
+    Ok(())
 }
 
 fn write(spec: ImageSpec, dir: &Path) -> Result<Built> {
@@ -137,7 +142,7 @@ fn nginx_image() -> Result<ImageSpec> {
 }
 
 /// The shared libraries a dynamically linked binary loads, as (host path, image path, mode).
-fn shared_libraries(binary: &Path) -> Result<Vec<(PathBuf, String, u32)>> {
+pub fn shared_libraries(binary: &Path) -> Result<Vec<(PathBuf, String, u32)>> {
     let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
     if !out.status.success() {
         // A static binary: nothing to add.

@@ -8,7 +8,9 @@ mod cluster;
 mod demo;
 mod deploy;
 mod deps;
+mod docker;
 mod images;
+mod kind;
 mod manifests;
 mod oci;
 mod test;
@@ -55,6 +57,17 @@ enum Command {
         #[arg(long)]
         no_demo: bool,
     },
+    /// A Docker engine for kind: the machine's own if one answers, else Debian's dockerd started
+    /// with its own data root and socket.
+    Docker {
+        #[command(subcommand)]
+        action: DockerAction,
+    },
+    /// kind clusters built from a node image assembled on this machine.
+    Kind {
+        #[command(subcommand)]
+        action: KindAction,
+    },
     /// Benchmarks, each side by side with its reference.
     Bench {
         #[command(subcommand)]
@@ -66,10 +79,48 @@ enum Command {
         /// Skip building images and deploying config/default.
         #[arg(long)]
         no_deploy: bool,
+        /// Skip the end-to-end tests on the two-node kind cluster.
+        #[arg(long)]
+        no_kind: bool,
         /// Passed to `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DockerAction {
+    /// Use the running engine, or install and start one; prints its DOCKER_HOST.
+    Up,
+    /// Stop the engine `up` started (and its containers); an engine we did not start is left alone.
+    Down {
+        /// Also remove its data root (cached images, such as the kind node image).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Say which engine is in use.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum KindAction {
+    /// Create (or reuse) a kind cluster: one control-plane node and WORKERS worker nodes.
+    Up {
+        #[arg(long, default_value = "spawner")]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Port on 127.0.0.1 mapped to the reverse proxy's NodePort.
+        #[arg(long, default_value_t = 30080)]
+        host_port: u16,
+    },
+    /// Delete a kind cluster.
+    Down {
+        #[arg(long, default_value = "spawner")]
+        name: String,
+    },
+    /// Build the kind node image (Kubernetes v1.34.4, offline) unless Docker has it.
+    NodeImage,
 }
 
 #[derive(Subcommand)]
@@ -93,9 +144,26 @@ pub fn project_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+impl Command {
+    /// Whether the command runs something from Debian's packages (the cluster, Docker, nginx,
+    /// the benchmarks' references, the browser): those install what is missing first.
+    fn needs_packages(&self) -> bool {
+        match self {
+            Command::Manifests { .. } => false,
+            Command::Cluster { action } => matches!(action, ClusterAction::Up { .. }),
+            Command::Docker { action } => matches!(action, DockerAction::Up),
+            Command::Kind { action } => !matches!(action, KindAction::Down { .. }),
+            Command::Images { .. } | Command::Deploy { .. } | Command::Bench { .. } | Command::Test { .. } => true,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The one preparation step every entry point shares: Debian's packages, installed once when
+    // missing. Binaries (Kubernetes, kind, the images) are built, and cached, by what uses them.
+    let prepared = if cli.command.needs_packages() { deps::ensure() } else { Ok(()) };
+    let result = prepared.and_then(|()| match cli.command {
         Command::Manifests { check } => {
             manifests::generate(if check { manifests::Mode::Check } else { manifests::Mode::Write })
         }
@@ -122,9 +190,23 @@ fn main() -> ExitCode {
             };
             deploy::run(target, !no_demo)
         }
+        Command::Docker { action } => match action {
+            DockerAction::Up => docker::up().map(drop),
+            DockerAction::Down { purge } => docker::down(purge),
+            DockerAction::Status => docker::status(),
+        },
+        Command::Kind { action } => match action {
+            KindAction::Up { name, workers, host_port } => {
+                kind::up(&kind::Options { name, workers, host_port }).map(drop)
+            }
+            KindAction::Down { name } => kind::down(&name),
+            KindAction::NodeImage => docker::up().and_then(|engine| kind::node_image::ensure(&engine)).map(drop),
+        },
         Command::Bench { bench } => bench::run(bench),
-        Command::Test { no_deploy, cargo_test_args } => test::run(test::Options { no_deploy, cargo_test_args }),
-    };
+        Command::Test { no_deploy, no_kind, cargo_test_args } => {
+            test::run(test::Options { no_deploy, no_kind, cargo_test_args })
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -4,6 +4,9 @@
 //! images. Tests that run their own controller or sweeper processes go first, with no Spawner
 //! deployed in the cluster (two controllers would fight over the same backends); then
 //! config/default is deployed and the end-to-end tests (names starting `e2e_`) run against it.
+//! Last, the same deployment on a two-node kind cluster (`spawner-e2e`, kept for the next run;
+//! `cargo xtask kind down --name spawner-e2e` removes it) and the end-to-end tests that matter
+//! there: the whole lifecycle through the proxy, and the two-node tests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,6 +17,8 @@ use anyhow::{Context, Result, bail};
 pub struct Options {
     /// Skip the images, the deployment and the end-to-end tests.
     pub no_deploy: bool,
+    /// Skip the end-to-end tests on kind.
+    pub no_kind: bool,
     /// Extra arguments for `cargo test` (a filter, `--test NAME`...).
     pub cargo_test_args: Vec<String>,
 }
@@ -33,10 +38,12 @@ pub fn run(opts: Options) -> Result<()> {
     step("cargo clippy", || cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("generated manifests are fresh", || crate::manifests::generate(crate::manifests::Mode::Check))?;
     step("local cluster", || crate::cluster::up(&crate::cluster::UpOptions::default()))?;
-    let mut images = Vec::new();
+    let mut built = Vec::new();
     if !opts.no_deploy {
-        step("images", || crate::images::build_and_load().map(|pinned| images = pinned))?;
+        step("images", || crate::images::build().map(|b| built = b))?;
+        step("load the images into the local cluster", || crate::images::load_local(&built))?;
     }
+    let images: Vec<crate::images::Pinned> = built.iter().map(crate::images::Pinned::of).collect();
     step("remove a deployed Spawner (tests run their own)", || crate::deploy::remove(&kubeconfig))?;
 
     let mut tally = Tally::default();
@@ -48,14 +55,20 @@ pub fn run(opts: Options) -> Result<()> {
         cargo_test(&args, &mut tally)
     });
     if result.is_ok() && !opts.no_deploy {
-        result = step("deploy config/default", || crate::deploy::apply_default(&kubeconfig, &images)).and_then(|()| {
+        result = step("deploy config/default", || {
+            crate::deploy::apply_default(&kubeconfig, &images, crate::manifests::PROXY_BASE_URL)
+        })
+        .and_then(|()| {
             step("cargo test (end to end)", || {
                 let mut args = vec!["test", "--workspace"];
                 args.extend(&extra);
-                args.push("e2e_");
+                args.extend(["e2e_", "--", "--skip", "e2e_on_two_nodes"]);
                 cargo_test(&args, &mut tally)
             })
         });
+    }
+    if result.is_ok() && !opts.no_deploy && !opts.no_kind {
+        result = kind_phase(&built, &images, &extra, &mut tally);
     }
     // The plain closing line CI reads, summed over both runs.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
@@ -63,6 +76,37 @@ pub fn run(opts: Options) -> Result<()> {
     println!("all checks and tests passed in {:.1?}", started.elapsed());
     Ok(())
 }
+
+/// The kind cluster `spawner-e2e` (two nodes, proxy on 127.0.0.1:31080), Spawner deployed on it,
+/// and the end-to-end tests that matter there.
+fn kind_phase(
+    built: &[crate::oci::Built],
+    images: &[crate::images::Pinned],
+    extra: &[&str],
+    tally: &mut Tally,
+) -> Result<()> {
+    let mut kind = None;
+    step("kind cluster spawner-e2e (two nodes)", || {
+        let cluster =
+            crate::kind::up(&crate::kind::Options { name: KIND_CLUSTER.into(), workers: 1, host_port: 31080 })?;
+        cluster.load(&built.iter().map(|b| b.path.clone()).collect::<Vec<_>>())?;
+        kind = Some(cluster);
+        Ok(())
+    })?;
+    let kind = kind.expect("set by the step");
+    step("deploy config/default on kind", || crate::deploy::apply_default(&kind.kubeconfig, images, &kind.base_url))?;
+    step("cargo test (end to end, on kind)", || {
+        let mut args = vec!["test", "--workspace", "--test", "e2e", "--test", "e2e_two_nodes"];
+        args.extend(extra);
+        args.push("e2e_");
+        let mut env = vec![("SPAWNER_TEST_CLUSTER", "kind".to_string())];
+        env.extend(kind.engine.env());
+        cargo_test_with(&args, &env, tally)
+    })
+}
+
+/// The kind cluster of the end-to-end phase (the tests' harness names it too).
+const KIND_CLUSTER: &str = "spawner-e2e";
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let t = Instant::now();
@@ -88,7 +132,15 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 /// Runs `cargo test`, echoing its output and adding its `test result:` lines to `tally`.
 fn cargo_test(args: &[&str], tally: &mut Tally) -> Result<()> {
-    let mut child = command(args).stdout(Stdio::piped()).spawn().context("running cargo test")?;
+    cargo_test_with(args, &[], tally)
+}
+
+fn cargo_test_with(args: &[&str], env: &[(&str, String)], tally: &mut Tally) -> Result<()> {
+    let mut cmd = command(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("running cargo test")?;
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line?;
         println!("{line}");

@@ -9,11 +9,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{KUBE_VERSION, Layout, cache_root, repo_root};
+use super::{KUBE_VERSION, cache_root, repo_root};
 
 pub const KUBE_COMMANDS: &[&str] =
     &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
+/// Further commands of the same Kubernetes build that only the kind node image carries.
+pub const KIND_NODE_COMMANDS: &[&str] = &["kubeadm", "kubectl"];
 pub const COREDNS_VERSION: &str = "v1.14.7";
+/// Bump when hack/coredns/main.go changes (the plugin set): it keys the cached binary and image.
+const COREDNS_BUILD: &str = "2";
 /// Bump when hack/pause/main.go changes.
 pub const PAUSE_VERSION: &str = "3.10-spawner.1";
 
@@ -41,8 +45,18 @@ pub struct Images {
 
 /// `~/.cache/spawner/kube/<version>/bin`, built if any binary is missing.
 pub fn kube_binaries() -> Result<Bins> {
+    kube_commands(KUBE_COMMANDS)
+}
+
+/// [`kube_binaries`] plus kubeadm and kubectl, for the kind node image.
+pub fn kind_node_binaries() -> Result<Bins> {
+    let all: Vec<&str> = KUBE_COMMANDS.iter().chain(KIND_NODE_COMMANDS).copied().collect();
+    kube_commands(&all)
+}
+
+fn kube_commands(commands: &[&str]) -> Result<Bins> {
     let dir = cache_root()?.join("kube").join(KUBE_VERSION).join("bin");
-    let missing: Vec<&str> = KUBE_COMMANDS.iter().copied().filter(|c| !dir.join(c).exists()).collect();
+    let missing: Vec<&str> = commands.iter().copied().filter(|c| !dir.join(c).exists()).collect();
     if !missing.is_empty() {
         let log = cache_root()?.join("kube").join(format!("build-{KUBE_VERSION}.log"));
         let pkgs: Vec<String> = missing.iter().map(|c| format!("k8s.io/kubernetes/cmd/{c}")).collect();
@@ -77,7 +91,7 @@ fn kube_ldflags() -> String {
 
 /// `~/.cache/spawner/coredns/<version>/coredns`.
 pub fn coredns_binary() -> Result<PathBuf> {
-    let dir = cache_root()?.join("coredns").join(COREDNS_VERSION);
+    let dir = cache_root()?.join("coredns").join(format!("{COREDNS_VERSION}-{COREDNS_BUILD}"));
     let bin = dir.join("coredns");
     if !bin.exists() {
         let log = cache_root()?.join("coredns").join(format!("build-{COREDNS_VERSION}.log"));
@@ -103,7 +117,7 @@ pub fn pause_binary() -> Result<PathBuf> {
 }
 
 /// The pause and CoreDNS images (OCI tars under `~/.cache/spawner/images/`, kept by `down`).
-pub fn cluster_images(_layout: &Layout) -> Result<Images> {
+pub fn cluster_images() -> Result<Images> {
     let pause = pause_binary()?;
     let coredns = coredns_binary()?;
     let dir = cache_root()?.join("images");
@@ -121,7 +135,7 @@ pub fn cluster_images(_layout: &Layout) -> Result<Images> {
             &pause_tar,
         )?;
     }
-    let coredns_tar = dir.join(format!("coredns-{COREDNS_VERSION}.tar"));
+    let coredns_tar = dir.join(format!("coredns-{COREDNS_VERSION}-{COREDNS_BUILD}.tar"));
     if !coredns_tar.exists() {
         crate::oci::build_image_to(
             &crate::oci::ImageSpec {
@@ -138,10 +152,26 @@ pub fn cluster_images(_layout: &Layout) -> Result<Images> {
 }
 
 /// The Go toolchain: `go` on PATH, else the usual install location (CI's PATH may lack it).
-fn go() -> PathBuf {
+pub fn go() -> PathBuf {
     let on_path =
         std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("go").is_file()));
     if on_path { PathBuf::from("go") } else { PathBuf::from("/usr/local/go/bin/go") }
+}
+
+/// A binary of one of the small `hack/<module>` Go modules, built once into
+/// `~/.cache/spawner/<module>/<version>/<name>`.
+pub fn hack_binary(module: &str, version: &str, package: &str, name: &str) -> Result<PathBuf> {
+    let dir = cache_root()?.join(module).join(version);
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let log = cache_root()?.join(module).join(format!("build-{version}.log"));
+        println!("    building {package} {version} (cold: a minute or two; log {})", log.display());
+        go_build(&repo_root().join("hack").join(module), &dir, &[package.to_string()], "-s -w", &log)?;
+        if !bin.exists() {
+            bail!("building {package} produced no {}", bin.display());
+        }
+    }
+    Ok(bin)
 }
 
 /// `go build -trimpath -o out/ pkgs...` in `module_dir` with CGO off, output to `log`.

@@ -17,7 +17,7 @@ mod control_plane;
 mod dns;
 mod node;
 mod pki;
-mod proc;
+pub mod proc;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,7 +147,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     step("kube-controller-manager", || control_plane::controller_manager(&layout, &bins))?;
     step("kube-scheduler", || control_plane::scheduler(&layout, &bins))?;
     if opts.node {
-        let images = step("images: pause, coredns (cached)", || build::cluster_images(&layout))?;
+        let images = step("images: pause, coredns (cached)", || build::cluster_images())?;
         step("containerd", || node::containerd(&layout, &images))?;
         step("kubelet (node Ready)", || node::kubelet(&layout, &bins))?;
         step("kube-proxy", || node::kube_proxy(&layout, &bins))?;
@@ -193,6 +193,11 @@ pub fn down() -> Result<()> {
     } else {
         bail!("cluster down left things behind (state kept in {}):\n  {}", layout.root.display(), errors.join("\n  "))
     }
+}
+
+/// Whether the local cluster's API server runs.
+pub fn running() -> bool {
+    Layout::new().is_ok_and(|layout| proc::running(&layout, "kube-apiserver").is_some())
 }
 
 /// `cargo xtask cluster status`: one line per component (running with its pid, or not), the API
