@@ -67,7 +67,7 @@ async fn create_get_list_and_delete_a_backend() {
     assert_eq!(container.env.as_ref().unwrap()[0].value.as_deref(), Some("test"));
     let described = ok(&env, &["get", "web-1"]);
     assert!(
-        described.contains("Name:         web-1") && described.contains(&format!("Image:        {IMAGE}")),
+        described.contains("Name:            web-1") && described.contains(&format!("Image:           {IMAGE}")),
         "{described}"
     );
 
@@ -108,6 +108,14 @@ async fn errors_are_one_clear_line_with_a_non_zero_exit() {
     );
     let error = fails(&env, &["create", "--image", IMAGE, "--name", "Not_A_Name"]);
     assert!(error.contains("Not_A_Name"), "{error}");
+    // A max lifetime alone is accepted: the startup timeout defaults to at most it.
+    ok(&env, &["create", "--image", IMAGE, "--name", "brief", "--max-lifetime", "20"]);
+    let brief: SessionLivedBackend = serde_json::from_str(&ok(&env, &["get", "brief", "-o", "json"])).unwrap();
+    assert_eq!((brief.spec.max_lifetime_seconds, brief.spec.startup_timeout_seconds), (Some(20), None));
+    assert!(ok(&env, &["get", "brief"]).contains("Startup timeout: 20s\n"));
+    // One the user set above it is refused, naming both fields.
+    let error = fails(&env, &["create", "--image", IMAGE, "--max-lifetime", "20", "--startup-timeout", "60"]);
+    assert!(error.contains("spec.startupTimeoutSeconds") && error.contains("spec.maxLifetimeSeconds"), "{error}");
 
     // No usable kubeconfig.
     let out = Command::new(env!("CARGO_BIN_EXE_spawner"))

@@ -141,13 +141,16 @@ async fn a_failed_backend_is_deleted_after_the_failed_retention() {
     wait_for_event(&env, "doomed", "FailedRetentionExpired", WAIT).await;
 }
 
+/// A max lifetime shorter than the default startup timeout, and nothing else: accepted (the
+/// startup timeout defaults to the lifetime), and the lifetime ends it.
 #[tokio::test]
-async fn a_backend_is_deleted_at_its_max_lifetime() {
+async fn a_backend_that_sets_only_its_max_lifetime_is_accepted_and_deleted_at_it() {
     let env = TestEnv::new("ctl-lifetime").await;
     prepare(&env).await;
     let _controller = ControllerProcess::start(&env, &[]);
-    let spec = json!({"template": unschedulable_template(), "startupTimeoutSeconds": 3, "maxLifetimeSeconds": 3});
+    let spec = json!({"template": unschedulable_template(), "maxLifetimeSeconds": 3});
     let backend = create(&env, &backend("brief", spec)).await;
+    assert_eq!(backend.spec.startup_timeout_seconds, None);
     let backends = env.api::<SessionLivedBackend>();
     support::wait_for(&backends, "brief", conditions::is_deleted(&backend.uid().unwrap()), WAIT).await;
     wait_for_event(&env, "brief", "MaxLifetimeReached", WAIT).await;

@@ -12,8 +12,8 @@ use kube::{Client, ResourceExt};
 use super::error::{Error, status_code};
 use super::names::{CONNECT_KEY_ANNOTATION, name_for_key};
 use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, DEFAULT_STARTUP_TIMEOUT_SECONDS, Phase,
-    SessionLivedBackend, SessionLivedBackendSpec, SidecarSpec,
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Phase, SessionLivedBackend,
+    SessionLivedBackendSpec, SidecarSpec,
 };
 
 /// Key of the token in the backend's Secret (named like the backend).
@@ -33,7 +33,8 @@ pub struct BackendRequest {
     pub image: String,
     pub http_port: i32,
     pub grace_period_seconds: i64,
-    pub startup_timeout_seconds: i64,
+    /// Unset: the CRD's rule (the smaller of 300 s and the max lifetime), as for a manifest.
+    pub startup_timeout_seconds: Option<i64>,
     pub max_lifetime_seconds: Option<i64>,
     pub env: Vec<(String, String)>,
     pub auth: AuthMode,
@@ -48,7 +49,7 @@ impl BackendRequest {
             image: image.into(),
             http_port: DEFAULT_HTTP_PORT,
             grace_period_seconds: DEFAULT_GRACE_PERIOD_SECONDS,
-            startup_timeout_seconds: DEFAULT_STARTUP_TIMEOUT_SECONDS,
+            startup_timeout_seconds: None,
             max_lifetime_seconds: None,
             env: Vec::new(),
             auth: AuthMode::Token,
@@ -395,6 +396,15 @@ mod tests {
         let json = serde_json::to_value(&backend).unwrap();
         assert_eq!(json["apiVersion"], "spawner.dev/v1");
         assert_eq!(json["kind"], "SessionLivedBackend");
+    }
+
+    #[test]
+    fn an_unset_startup_timeout_is_left_to_the_crd_rule_as_in_a_manifest() {
+        let mut request = BackendRequest::new(Naming::Name("b".into()), "img");
+        request.max_lifetime_seconds = Some(20);
+        let backend = request.to_backend();
+        assert_eq!(serde_json::to_value(&backend).unwrap()["spec"].get("startupTimeoutSeconds"), None);
+        assert_eq!(backend.spec.effective_startup_timeout_seconds(), 20);
     }
 
     #[test]

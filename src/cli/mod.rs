@@ -142,9 +142,10 @@ pub struct SpecArgs {
     /// Seconds without any connection before the backend is swept.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::crd::DEFAULT_GRACE_PERIOD_SECONDS)]
     pub grace_period: i64,
-    /// Seconds the backend may take to become Ready.
-    #[arg(long, value_name = "SECONDS", default_value_t = crate::crd::DEFAULT_STARTUP_TIMEOUT_SECONDS)]
-    pub startup_timeout: i64,
+    /// Seconds the backend may take to become Ready [default: 300, or --max-lifetime when
+    /// shorter].
+    #[arg(long, value_name = "SECONDS")]
+    pub startup_timeout: Option<i64>,
     /// Hard limit on the backend's life in seconds.
     #[arg(long, value_name = "SECONDS")]
     pub max_lifetime: Option<i64>,

@@ -80,6 +80,7 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
         ("Image", container.and_then(|c| c.image.clone()).unwrap_or_else(|| "<none>".into())),
         ("HTTP port", backend.spec.http_port.to_string()),
         ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
+        ("Startup timeout", format!("{}s", backend.spec.effective_startup_timeout_seconds())),
         ("Auth", format!("{:?}", backend.spec.auth.mode)),
         ("Node", status.node_name.unwrap_or_else(|| "<none>".into())),
         ("Pod IP", status.pod_ip.unwrap_or_else(|| "<none>".into())),
@@ -88,7 +89,7 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
     if let Some(max) = backend.spec.max_lifetime_seconds {
         lines.push(("Max lifetime", format!("{max}s")));
     }
-    let mut out: String = lines.iter().map(|(k, v)| format!("{:<14}{v}\n", format!("{k}:"))).collect();
+    let mut out: String = lines.iter().map(|(k, v)| format!("{:<17}{v}\n", format!("{k}:"))).collect();
     if !status.conditions.is_empty() {
         out.push_str("Conditions:\n");
         for c in &status.conditions {

@@ -76,7 +76,7 @@ impl BackendExt for SessionLivedBackend {
         self
     }
     fn startup_timeout(mut self, secs: i64) -> Self {
-        self.spec.startup_timeout_seconds = secs;
+        self.spec.startup_timeout_seconds = Some(secs);
         self
     }
     fn max_lifetime(mut self, secs: i64) -> Self {

@@ -109,7 +109,10 @@ pub fn derive_status(
     .or_else(|| {
         (!ever_ready && lifetime::startup_timed_out(backend, now)).then(|| Failure {
             reason: reason::STARTUP_TIMEOUT,
-            message: format!("not Ready within startupTimeoutSeconds ({}s)", backend.spec.startup_timeout_seconds),
+            message: format!(
+                "not Ready within startupTimeoutSeconds ({}s)",
+                backend.spec.effective_startup_timeout_seconds()
+            ),
         })
     });
 

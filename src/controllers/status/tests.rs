@@ -159,6 +159,18 @@ fn a_backend_not_ready_by_its_startup_timeout_fails_with_startup_timeout() {
 }
 
 #[test]
+fn an_unset_startup_timeout_is_cut_to_a_shorter_max_lifetime() {
+    let backend = SessionLivedBackend::test().created_at(1000).max_lifetime(20);
+    let pod = Pod::test().scheduled_to("n1").running();
+    let (before, _) = derive(&backend, PodView::Exists(&pod), 1019);
+    assert_eq!(before.phase, Some(Phase::Running));
+    let (after, _) = derive(&backend, PodView::Exists(&pod), 1020);
+    let failed = cond(&after, "Failed");
+    assert_eq!(failed.reason, "StartupTimeout");
+    assert!(failed.message.starts_with("not Ready within startupTimeoutSeconds (20s)"), "{}", failed.message);
+}
+
+#[test]
 fn a_backend_that_was_ready_once_never_times_out_on_startup() {
     let backend = SessionLivedBackend::test().created_at(1000).startup_timeout(30).ready_at(1010);
     let pod = Pod::test().scheduled_to("n1").running();
