@@ -359,6 +359,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             print_access(&scope, &backend, format, &mut print).await
         }
         Command::Connect(args) => {
+            names::check_key(&args.key)?;
             let scope = scope(&cli.global).await?;
             let request = args.spec.request(Naming::Name(String::new()));
             let ready = scope.connect(&args.key, &request, args.timeout).await?;
@@ -378,7 +379,8 @@ async fn print_access(
         Format::Text => print(format!("{url}\n")),
         _ => {
             let name = backend.name_any();
-            let access = Access { name: &name, namespace: &scope.namespace, phase: phase_of(backend), url: &url };
+            let access =
+                Access { name: &name, namespace: &scope.namespace, phase: phase_of(backend).into(), url: &url };
             print(output::structured(format, &access)?)
         }
     }
