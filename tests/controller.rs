@@ -77,7 +77,8 @@ fn kubectl_get_slab(env: &TestEnv, name: &str) -> std::collections::BTreeMap<Str
     let mut lines = out.lines();
     let header = lines.next().expect("a header line");
     let row = lines.next().unwrap_or_else(|| panic!("no row for {name}: {out}"));
-    // Cells are separated by runs of spaces; none of these columns holds a space.
+    // Cells are separated by runs of spaces: only for a row whose cells are all set and hold no
+    // space (kubectl leaves a Ready backend's REASON blank).
     header.split_whitespace().map(str::to_owned).zip(row.split_whitespace().map(str::to_owned)).collect()
 }
 
