@@ -3,6 +3,7 @@
 //! The tests that wait for Ready need Spawner deployed (`cargo xtask deploy`, which
 //! `cargo xtask test` runs first); the others need only the CRD, which they install.
 
+mod controller_support;
 mod support;
 
 use std::process::{Command, Output};
@@ -44,6 +45,16 @@ fn fails(env: &TestEnv, args: &[&str]) -> String {
     stderr.trim_end().to_owned()
 }
 
+/// Runs the CLI, expecting a usage error (exit code 2); returns the one stderr line.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spawner")).args(args).output().expect("running spawner");
+    assert_eq!(out.status.code(), Some(2), "spawner {} should be refused as a usage error: {out:?}", args.join(" "));
+    assert!(out.stdout.is_empty(), "nothing on stdout when refusing: {out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "errors are one line: {stderr:?}");
+    stderr.trim_end().to_owned()
+}
+
 const IMAGE: &str = "localhost/spawner/demo-drop-four:0.1.0";
 
 #[tokio::test]
@@ -67,14 +78,14 @@ async fn create_get_list_and_delete_a_backend() {
     assert_eq!(container.env.as_ref().unwrap()[0].value.as_deref(), Some("test"));
     let described = ok(&env, &["get", "web-1"]);
     assert!(
-        described.contains("Name:         web-1") && described.contains(&format!("Image:        {IMAGE}")),
+        described.contains("Name:            web-1") && described.contains(&format!("Image:           {IMAGE}")),
         "{described}"
     );
 
     let table = ok(&env, &["list"]);
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PHASE", "READY", "URL", "AGE"]);
+    assert_eq!(header, ["NAME", "PHASE", "READY", "REASON", "URL", "AGE"]);
     let names: Vec<&str> = lines.map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(names.len(), 3, "{table}");
     assert!(names.contains(&"web-1"), "{table}");
@@ -106,8 +117,16 @@ async fn errors_are_one_clear_line_with_a_non_zero_exit() {
         error.starts_with("error: cannot create a backend in namespace") && error.contains("gracePeriodSeconds"),
         "{error}"
     );
-    let error = fails(&env, &["create", "--image", IMAGE, "--name", "Not_A_Name"]);
+    let error = refused(&["--namespace", ns, "create", "--image", IMAGE, "--name", "Not_A_Name"]);
     assert!(error.contains("Not_A_Name"), "{error}");
+    // A max lifetime alone is accepted: the startup timeout defaults to at most it.
+    ok(&env, &["create", "--image", IMAGE, "--name", "brief", "--max-lifetime", "20"]);
+    let brief: SessionLivedBackend = serde_json::from_str(&ok(&env, &["get", "brief", "-o", "json"])).unwrap();
+    assert_eq!((brief.spec.max_lifetime_seconds, brief.spec.startup_timeout_seconds), (Some(20), None));
+    assert!(ok(&env, &["get", "brief"]).contains("Startup timeout: 20s\n"));
+    // One the user set above it is refused, naming both fields.
+    let error = fails(&env, &["create", "--image", IMAGE, "--max-lifetime", "20", "--startup-timeout", "60"]);
+    assert!(error.contains("spec.startupTimeoutSeconds") && error.contains("spec.maxLifetimeSeconds"), "{error}");
 
     // No usable kubeconfig.
     let out = Command::new(env!("CARGO_BIN_EXE_spawner"))
@@ -120,6 +139,70 @@ async fn errors_are_one_clear_line_with_a_non_zero_exit() {
         stderr.starts_with("error: cannot load the Kubernetes client configuration: /nonexistent/kubeconfig"),
         "{stderr}"
     );
+}
+
+/// A blank key would still map to a backend, one every such mistake would share: refused as
+/// a usage error before any kubeconfig is read or the API server is asked.
+#[test]
+fn connect_refuses_an_empty_or_blank_key_before_touching_the_api() {
+    for key in ["", "   ", "\t"] {
+        let error = refused(&["--kubeconfig", "/nonexistent/kubeconfig", "connect", key, "--image", IMAGE]);
+        assert!(error.starts_with("error: invalid connect key"), "{error}");
+    }
+}
+
+/// The kubelet's reason (ErrImagePull, then ImagePullBackOff) reaches everything the CLI says
+/// about the backend: its description, its JSON, the list, and the errors of `wait` and of
+/// `connect`. Runs its own controller (no Spawner deployment needed, nor any image).
+#[tokio::test]
+async fn an_unpullable_image_is_named_by_get_list_wait_and_connect() {
+    const UNPULLABLE: &str = "nosuch.invalid/nosuch:1";
+    let env = TestEnv::new("cli-unpullable").await;
+    controller_support::prepare(&env).await;
+    let _controller = controller_support::ControllerProcess::start(&env, &[]);
+    let pull_failed = |b: Option<&SessionLivedBackend>| {
+        b.and_then(|b| b.status.as_ref()?.reason.as_deref())
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    };
+    let backends = env.api::<SessionLivedBackend>();
+
+    ok(&env, &["create", "--image", UNPULLABLE, "--name", "unpullable"]);
+    support::wait_for(&backends, "unpullable", pull_failed, Duration::from_secs(60)).await;
+    let error = fails(&env, &["wait", "unpullable", "--timeout", "1s"]);
+    let start =
+        format!("error: backend \"unpullable\" in namespace \"{}\" is not Ready after 1s (phase ", env.namespace);
+    assert!(error.starts_with(&start), "{error}");
+    assert_pull_failure_ends(&error, UNPULLABLE);
+
+    let described = ok(&env, &["get", "unpullable"]);
+    assert!(
+        described.contains("Reason:          ErrImagePull\n")
+            || described.contains("Reason:          ImagePullBackOff\n"),
+        "{described}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&env, &["get", "unpullable", "-o", "json"])).unwrap();
+    assert!(json["status"]["message"].as_str().unwrap().contains(UNPULLABLE), "{json}");
+    let table = ok(&env, &["list"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert!(row[3] == "ErrImagePull" || row[3] == "ImagePullBackOff", "{table}");
+
+    // `connect` to a key whose backend is stuck the same way says why when it gives up.
+    let name = spawner::cli::names::name_for_key("stuck room");
+    let connect = ["connect", "stuck room", "--image", UNPULLABLE, "--timeout", "1s"];
+    let first = fails(&env, &connect);
+    assert!(first.contains("is not Ready after 1s"), "{first}");
+    support::wait_for(&backends, &name, pull_failed, Duration::from_secs(60)).await;
+    let error = fails(&env, &connect);
+    assert!(error.contains(&format!("backend \"{name}\"")) && error.contains("is not Ready after 1s"), "{error}");
+    assert_pull_failure_ends(&error, UNPULLABLE);
+}
+
+/// The error ends with the Ready condition's reason and message, which names the image.
+fn assert_pull_failure_ends(error: &str, image: &str) {
+    let why = ["ErrImagePull", "ImagePullBackOff"]
+        .iter()
+        .find_map(|reason| error.split_once(&format!("): {reason}: container application: ")).map(|(_, m)| m));
+    assert!(why.is_some_and(|message| message.contains(image)), "{error}");
 }
 
 #[test]

@@ -85,11 +85,41 @@ async fn the_original_demo_is_accepted_and_bad_specs_are_rejected_naming_the_fie
         let message = admission_error(&env, backend_json(spec.clone())).await;
         assert!(message.contains(field), "rejection of {spec} does not name {field}: {message}");
     }
+    // A startup timeout the user set above the max lifetime is refused naming both fields.
+    let spec = serde_json::json!({"template": app(), "startupTimeoutSeconds": 600, "maxLifetimeSeconds": 60});
+    let message = admission_error(&env, backend_json(spec)).await;
+    assert!(message.contains("spec.startupTimeoutSeconds") && message.contains("spec.maxLifetimeSeconds"), "{message}");
     // A name that cannot name a Service.
     let mut dotted = backend_json(serde_json::json!({"template": app()}));
     dotted["metadata"]["name"] = "has.dot".into();
     let message = admission_error(&env, dotted).await;
     assert!(message.contains("metadata.name"), "{message}");
+}
+
+/// The startup timeout defaults to at most the max lifetime, so a backend that sets only its max
+/// lifetime, shorter than the 300 s default, is accepted as written (the default is computed,
+/// not stored), and so is one whose startup timeout fits in it.
+#[tokio::test]
+async fn a_backend_that_sets_only_a_short_max_lifetime_is_accepted() {
+    let env = TestEnv::new("lifetime-only").await;
+    support::install_crd(&env.client).await;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &kube::api::ApiResource::erase::<SessionLivedBackend>(&()),
+    );
+    let lifetime_only = backend_json(serde_json::json!({"template": app(), "maxLifetimeSeconds": 20}));
+    let created = api
+        .create(&dry_run(), &serde_json::from_value(lifetime_only).unwrap())
+        .await
+        .expect("a backend with only maxLifetimeSeconds is accepted");
+    assert_eq!(created.data["spec"].get("startupTimeoutSeconds"), None, "no default is stored");
+    let backend: SessionLivedBackend = serde_json::from_value(serde_json::to_value(&created).unwrap()).unwrap();
+    assert_eq!(backend.spec.effective_startup_timeout_seconds(), 20);
+
+    let both =
+        backend_json(serde_json::json!({"template": app(), "maxLifetimeSeconds": 60, "startupTimeoutSeconds": 60}));
+    api.create(&dry_run(), &serde_json::from_value(both).unwrap()).await.expect("a startup timeout up to the lifetime");
 }
 
 /// The pod is the session and is never recreated: edits to what it was made from are refused

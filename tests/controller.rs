@@ -64,6 +64,24 @@ async fn a_backend_gets_its_pod_service_and_token_secret_and_is_scheduled() {
     wait_for_event(&env, "game", "PodCreated", WAIT).await;
 }
 
+/// The backend's status.reason is one of `reasons`.
+fn has_reason(reasons: &'static [&'static str]) -> impl kube::runtime::wait::Condition<SessionLivedBackend> {
+    move |b: Option<&SessionLivedBackend>| {
+        b.and_then(|b| b.status.as_ref()?.reason.as_deref()).is_some_and(|r| reasons.contains(&r))
+    }
+}
+
+/// `kubectl get slab NAME` as column name → cell.
+fn kubectl_get_slab(env: &TestEnv, name: &str) -> std::collections::BTreeMap<String, String> {
+    let out = env.kubectl(&["get", "slab", name]);
+    let mut lines = out.lines();
+    let header = lines.next().expect("a header line");
+    let row = lines.next().unwrap_or_else(|| panic!("no row for {name}: {out}"));
+    // Cells are separated by runs of spaces: only for a row whose cells are all set and hold no
+    // space (kubectl leaves a Ready backend's REASON blank).
+    header.split_whitespace().map(str::to_owned).zip(row.split_whitespace().map(str::to_owned)).collect()
+}
+
 #[tokio::test]
 async fn a_spec_the_api_server_refuses_fails_the_backend_with_its_message_once() {
     let env = TestEnv::new("ctl-invalid").await;
@@ -113,18 +131,55 @@ async fn a_backend_not_ready_in_time_fails_with_startup_timeout_and_keeps_its_po
 }
 
 #[tokio::test]
-async fn an_unschedulable_backend_says_why_in_its_scheduled_condition() {
+async fn an_unschedulable_backend_says_why_in_its_conditions_and_in_kubectl_get() {
     let env = TestEnv::new("ctl-unschedulable").await;
     prepare(&env).await;
     let _controller = ControllerProcess::start(&env, &[]);
     create(&env, &backend("nowhere", json!({"template": unschedulable_template()}))).await;
     let backends = env.api::<SessionLivedBackend>();
-    let unschedulable = |b: Option<&SessionLivedBackend>| {
-        b.and_then(|b| b.status.as_ref())
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable"))
+    let backend = support::wait_for(&backends, "nowhere", has_reason(&["Unschedulable"]), WAIT).await.unwrap();
+    let scheduled = condition(&backend, "Scheduled");
+    assert_eq!(scheduled.reason, "Unschedulable");
+    assert!(scheduled.message.contains("node"), "the scheduler's words: {scheduled:?}");
+    let ready = condition(&backend, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Unschedulable"));
+    assert_eq!(backend.status.as_ref().unwrap().message.as_deref(), Some(scheduled.message.as_str()));
+    assert_eq!(kubectl_get_slab(&env, "nowhere")["REASON"], "Unschedulable");
+}
+
+/// Nothing pulls from outside the test cluster: `.invalid` never resolves, so the kubelet
+/// reports ErrImagePull, then ImagePullBackOff, as soon as it has tried.
+#[tokio::test]
+async fn an_unpullable_image_is_the_reason_kubectl_get_shows() {
+    const IMAGE: &str = "nosuch.invalid/nosuch:1";
+    let env = TestEnv::new("ctl-unpullable").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    // No sidecar: only the application's image is pulled, whatever images the node has.
+    let template = json!({"containers": [{"name": "application", "image": IMAGE}]});
+    let spec = json!({"template": template, "sidecar": {"inject": false}, "auth": {"mode": "None"}});
+    create(&env, &backend("unpullable", spec)).await;
+
+    // The kubelet reports it on the pod; the backend follows.
+    let pull_failed = |pod: Option<&Pod>| {
+        pod.and_then(|p| p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.clone())
+            .is_some_and(|w| matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff")))
     };
-    let backend = support::wait_for(&backends, "nowhere", unschedulable, WAIT).await.unwrap();
-    assert!(condition(&backend, "Scheduled").message.contains("node"), "{:?}", condition(&backend, "Scheduled"));
+    support::wait_for(&env.api::<Pod>(), "unpullable", pull_failed, WAIT).await;
+    let backends = env.api::<SessionLivedBackend>();
+    let backend = support::wait_for(&backends, "unpullable", has_reason(&["ErrImagePull", "ImagePullBackOff"]), WAIT)
+        .await
+        .unwrap();
+    let status = backend.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(Phase::Scheduled));
+    let message = status.message.as_deref().unwrap_or_default();
+    assert!(message.starts_with("container application: ") && message.contains(IMAGE), "{message}");
+    let ready = condition(&backend, "Ready");
+    assert_eq!((Some(&ready.reason), Some(&ready.message)), (status.reason.as_ref(), status.message.as_ref()));
+
+    let row = kubectl_get_slab(&env, "unpullable");
+    assert!(matches!(row["REASON"].as_str(), "ErrImagePull" | "ImagePullBackOff"), "{row:?}");
+    assert_eq!((row["PHASE"].as_str(), row["READY"].as_str()), ("Scheduled", "False"));
 }
 
 #[tokio::test]
@@ -141,13 +196,16 @@ async fn a_failed_backend_is_deleted_after_the_failed_retention() {
     wait_for_event(&env, "doomed", "FailedRetentionExpired", WAIT).await;
 }
 
+/// A max lifetime shorter than the default startup timeout, and nothing else: accepted (the
+/// startup timeout defaults to the lifetime), and the lifetime ends it.
 #[tokio::test]
-async fn a_backend_is_deleted_at_its_max_lifetime() {
+async fn a_backend_that_sets_only_its_max_lifetime_is_accepted_and_deleted_at_it() {
     let env = TestEnv::new("ctl-lifetime").await;
     prepare(&env).await;
     let _controller = ControllerProcess::start(&env, &[]);
-    let spec = json!({"template": unschedulable_template(), "startupTimeoutSeconds": 3, "maxLifetimeSeconds": 3});
+    let spec = json!({"template": unschedulable_template(), "maxLifetimeSeconds": 3});
     let backend = create(&env, &backend("brief", spec)).await;
+    assert_eq!(backend.spec.startup_timeout_seconds, None);
     let backends = env.api::<SessionLivedBackend>();
     support::wait_for(&backends, "brief", conditions::is_deleted(&backend.uid().unwrap()), WAIT).await;
     wait_for_event(&env, "brief", "MaxLifetimeReached", WAIT).await;

@@ -19,7 +19,7 @@ fn main() {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         let mut stdout = std::io::stdout().lock();
         tokio::select! {
-            result = run(cli, &mut stdout) => result.map_err(|e| (e.to_string(), 1)),
+            result = run(cli, &mut stdout) => result.map_err(|e| (e.to_string(), e.exit_code())),
             // A wait interrupted by a person or a supervisor: say so and leave with the usual code.
             _ = tokio::signal::ctrl_c() => Err(("interrupted".to_owned(), 130)),
             _ = terminate.recv() => Err(("terminated".to_owned(), 143)),

@@ -10,10 +10,10 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
 use super::error::{Error, status_code};
-use super::names::{CONNECT_KEY_ANNOTATION, name_for_key};
+use super::names::{CONNECT_KEY_ANNOTATION, check_key, name_for_key};
 use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, DEFAULT_STARTUP_TIMEOUT_SECONDS, Phase,
-    SessionLivedBackend, SessionLivedBackendSpec, SidecarSpec,
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Phase, SessionLivedBackend,
+    SessionLivedBackendSpec, SidecarSpec,
 };
 
 /// Key of the token in the backend's Secret (named like the backend).
@@ -33,7 +33,8 @@ pub struct BackendRequest {
     pub image: String,
     pub http_port: i32,
     pub grace_period_seconds: i64,
-    pub startup_timeout_seconds: i64,
+    /// Unset: the CRD's rule (the smaller of 300 s and the max lifetime), as for a manifest.
+    pub startup_timeout_seconds: Option<i64>,
     pub max_lifetime_seconds: Option<i64>,
     pub env: Vec<(String, String)>,
     pub auth: AuthMode,
@@ -48,7 +49,7 @@ impl BackendRequest {
             image: image.into(),
             http_port: DEFAULT_HTTP_PORT,
             grace_period_seconds: DEFAULT_GRACE_PERIOD_SECONDS,
-            startup_timeout_seconds: DEFAULT_STARTUP_TIMEOUT_SECONDS,
+            startup_timeout_seconds: None,
             max_lifetime_seconds: None,
             env: Vec::new(),
             auth: AuthMode::Token,
@@ -166,16 +167,7 @@ impl Scope {
                 action: format!("cannot watch backend {name:?} in namespace {:?}", self.namespace),
                 message: e.to_string(),
             })?,
-            Err(_) => {
-                let phase = self.get(name).await.map(|b| phase_of(&b)).unwrap_or_else(|_| "unknown".into());
-                return Err(Error::Timeout {
-                    name: name.into(),
-                    namespace: self.namespace.clone(),
-                    state: "Ready",
-                    phase,
-                    timeout,
-                });
-            }
+            Err(_) => return Err(self.not_ready_after(name, timeout).await),
         };
         let Some(backend) = waited else {
             return Err(Error::Deleted { name: name.into(), namespace: self.namespace.clone() });
@@ -204,7 +196,8 @@ impl Scope {
                 name: name.into(),
                 namespace: self.namespace.clone(),
                 state: "deleted",
-                phase: "Terminating".into(),
+                phase: Phase::Terminating.as_str(),
+                why: None,
                 timeout,
             }),
         }
@@ -215,10 +208,18 @@ impl Scope {
         if backend.metadata.deletion_timestamp.is_some() {
             return Error::Deleted { name, namespace: self.namespace.clone() };
         }
-        let message = condition(backend, "Failed")
-            .map(|c| format!("{}: {}", c.reason, c.message))
-            .unwrap_or_else(|| format!("phase {}", phase_of(backend)));
+        let message = why_not_ready(backend).unwrap_or_else(|| format!("phase {}", phase_of(backend)));
         Error::Failed { name, namespace: self.namespace.clone(), message }
+    }
+
+    /// The timeout of a wait for Ready, saying what the backend is still waiting for.
+    async fn not_ready_after(&self, name: &str, timeout: Duration) -> Error {
+        let (phase, why) = match self.get(name).await {
+            Ok(backend) => (phase_of(&backend), why_not_ready(&backend)),
+            Err(Error::NotFound { .. }) => ("gone", None),
+            Err(_) => ("unknown", None),
+        };
+        Error::Timeout { name: name.into(), namespace: self.namespace.clone(), state: "Ready", phase, why, timeout }
     }
 
     /// The URL a browser opens: `status.url`, with `?token=` when the backend requires one.
@@ -261,6 +262,7 @@ impl Scope {
         request: &BackendRequest,
         timeout: Duration,
     ) -> Result<SessionLivedBackend, Error> {
+        check_key(key)?;
         let name = name_for_key(key);
         let mut request = request.clone();
         request.naming = Naming::Name(name.clone());
@@ -272,8 +274,7 @@ impl Scope {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                let phase = self.get(&name).await.map(|b| phase_of(&b)).unwrap_or_else(|_| "gone".into());
-                return Err(Error::Timeout { name, namespace: self.namespace.clone(), state: "Ready", phase, timeout });
+                return Err(self.not_ready_after(&name, timeout).await);
             }
             let existing = match self.backends().get_opt(&name).await {
                 Ok(existing) => existing,
@@ -297,6 +298,10 @@ impl Scope {
                 State::Starting => match self.wait_ready(&name, left).await {
                     Ok(ready) => return Ok(ready),
                     Err(e @ Error::Failed { .. }) if ours => return Err(e),
+                    // Said with the caller's timeout, not what was left of it.
+                    Err(Error::Timeout { name, namespace, state, phase, why, .. }) => {
+                        return Err(Error::Timeout { name, namespace, state, phase, why, timeout });
+                    }
                     // It failed or went away while we waited: look again (and replace it).
                     Err(Error::Failed { .. } | Error::Deleted { .. } | Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -349,11 +354,26 @@ pub fn state(backend: &SessionLivedBackend) -> State {
 }
 
 /// The phase as shown to people ("Terminating" as soon as deletion started).
-pub fn phase_of(backend: &SessionLivedBackend) -> String {
+pub fn phase_of(backend: &SessionLivedBackend) -> &'static str {
     if backend.metadata.deletion_timestamp.is_some() {
-        return Phase::Terminating.as_str().into();
+        return Phase::Terminating.as_str();
     }
-    backend.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str().to_owned()).unwrap_or_else(|| "Pending".into())
+    backend.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending).as_str()
+}
+
+/// Why the backend is not Ready, as `Reason: message` (the Ready condition's, which the
+/// controller mirrors into `status.reason` and `status.message`); `None` when it is Ready. A
+/// backend the controller never reported on says so, since that is the likely cause.
+pub fn why_not_ready(backend: &SessionLivedBackend) -> Option<String> {
+    let Some(status) = backend.status.as_ref() else {
+        return Some("no status: the controller has not seen it (is spawner-controller running?)".into());
+    };
+    let (reason, message) = match (&status.reason, condition(backend, "Ready")) {
+        (Some(reason), _) => (reason.as_str(), status.message.as_deref().unwrap_or_default()),
+        (None, Some(ready)) if ready.status != "True" => (ready.reason.as_str(), ready.message.as_str()),
+        _ => return None,
+    };
+    Some(if message.is_empty() { reason.to_owned() } else { format!("{reason}: {message}") })
 }
 
 /// The condition of the given type, if set.
@@ -395,6 +415,57 @@ mod tests {
         let json = serde_json::to_value(&backend).unwrap();
         assert_eq!(json["apiVersion"], "spawner.dev/v1");
         assert_eq!(json["kind"], "SessionLivedBackend");
+    }
+
+    fn with_status(status: crate::crd::SessionLivedBackendStatus) -> SessionLivedBackend {
+        let mut backend = BackendRequest::new(Naming::Name("b".into()), "img").to_backend();
+        backend.status = Some(status);
+        backend
+    }
+
+    #[test]
+    fn why_a_backend_is_not_ready_is_its_reason_and_message() {
+        let backend = with_status(crate::crd::SessionLivedBackendStatus {
+            phase: Some(Phase::Scheduled),
+            reason: Some("ErrImagePull".into()),
+            message: Some("container application: failed to pull image \"x\"".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            why_not_ready(&backend).as_deref(),
+            Some("ErrImagePull: container application: failed to pull image \"x\"")
+        );
+        let error = Error::Timeout {
+            name: "b".into(),
+            namespace: "ns".into(),
+            state: "Ready",
+            phase: phase_of(&backend),
+            why: why_not_ready(&backend),
+            timeout: Duration::from_secs(40),
+        };
+        assert_eq!(
+            error.to_string(),
+            "backend \"b\" in namespace \"ns\" is not Ready after 40s (phase Scheduled): ErrImagePull: container \
+             application: failed to pull image \"x\""
+        );
+    }
+
+    #[test]
+    fn a_ready_backend_has_nothing_to_explain_and_one_never_reported_on_blames_the_controller() {
+        let ready =
+            with_status(crate::crd::SessionLivedBackendStatus { phase: Some(Phase::Ready), ..Default::default() });
+        assert_eq!(why_not_ready(&ready), None);
+        let unseen = BackendRequest::new(Naming::Name("b".into()), "img").to_backend();
+        assert!(why_not_ready(&unseen).unwrap().contains("spawner-controller"));
+    }
+
+    #[test]
+    fn an_unset_startup_timeout_is_left_to_the_crd_rule_as_in_a_manifest() {
+        let mut request = BackendRequest::new(Naming::Name("b".into()), "img");
+        request.max_lifetime_seconds = Some(20);
+        let backend = request.to_backend();
+        assert_eq!(serde_json::to_value(&backend).unwrap()["spec"].get("startupTimeoutSeconds"), None);
+        assert_eq!(backend.spec.effective_startup_timeout_seconds(), 20);
     }
 
     #[test]

@@ -17,13 +17,26 @@ pub enum Error {
     #[error("backend {name:?} in namespace {namespace:?} was deleted while waiting for it")]
     Deleted { name: String, namespace: String },
 
-    #[error("backend {name:?} in namespace {namespace:?} is not {state} after {}s (phase {phase})", timeout.as_secs())]
-    Timeout { name: String, namespace: String, state: &'static str, phase: String, timeout: Duration },
+    /// `why` is what keeps it from that state, when known (the Ready condition's reason and
+    /// message).
+    #[error(
+        "backend {name:?} in namespace {namespace:?} is not {state} after {}s (phase {phase}){}",
+        timeout.as_secs(),
+        why.as_deref().map(|why| format!(": {why}")).unwrap_or_default()
+    )]
+    Timeout {
+        name: String,
+        namespace: String,
+        state: &'static str,
+        phase: &'static str,
+        why: Option<String>,
+        timeout: Duration,
+    },
 
     #[error(
         "backend {name:?} in namespace {namespace:?} has no URL yet (phase {phase}); wait for it with `spawner wait {name}`"
     )]
-    NoUrl { name: String, namespace: String, phase: String },
+    NoUrl { name: String, namespace: String, phase: &'static str },
 
     #[error("cannot read the access token of backend {name:?} in namespace {namespace:?}: {reason}")]
     Token { name: String, namespace: String, reason: String },
@@ -45,6 +58,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The process exit code: 2 for a command line the CLI refuses by itself (as clap's own
+    /// usage errors), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
     /// Wraps an API error with what was being done; the API server's own message is kept since
     /// it names the field or the reason (admission, RBAC, quota).
     pub fn api(action: impl Into<String>, error: kube::Error) -> Error {

@@ -142,9 +142,10 @@ pub struct SpecArgs {
     /// Seconds without any connection before the backend is swept.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::crd::DEFAULT_GRACE_PERIOD_SECONDS)]
     pub grace_period: i64,
-    /// Seconds the backend may take to become Ready.
-    #[arg(long, value_name = "SECONDS", default_value_t = crate::crd::DEFAULT_STARTUP_TIMEOUT_SECONDS)]
-    pub startup_timeout: i64,
+    /// Seconds the backend may take to become Ready [default: 300, or --max-lifetime when
+    /// shorter].
+    #[arg(long, value_name = "SECONDS")]
+    pub startup_timeout: Option<i64>,
     /// Hard limit on the backend's life in seconds.
     #[arg(long, value_name = "SECONDS")]
     pub max_lifetime: Option<i64>,
@@ -358,6 +359,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             print_access(&scope, &backend, format, &mut print).await
         }
         Command::Connect(args) => {
+            names::check_key(&args.key)?;
             let scope = scope(&cli.global).await?;
             let request = args.spec.request(Naming::Name(String::new()));
             let ready = scope.connect(&args.key, &request, args.timeout).await?;
@@ -377,7 +379,8 @@ async fn print_access(
         Format::Text => print(format!("{url}\n")),
         _ => {
             let name = backend.name_any();
-            let access = Access { name: &name, namespace: &scope.namespace, phase: phase_of(backend), url: &url };
+            let access =
+                Access { name: &name, namespace: &scope.namespace, phase: phase_of(backend).into(), url: &url };
             print(output::structured(format, &access)?)
         }
     }

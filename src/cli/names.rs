@@ -29,6 +29,17 @@ pub fn name_for_key(key: &str) -> String {
     if readable.is_empty() { format!("k-{hash}") } else { format!("k-{readable}-{hash}") }
 }
 
+/// Refuses a `connect` key that names nothing: empty or only whitespace (it would still map to
+/// a backend, one that every such mistake would then share).
+pub fn check_key(key: &str) -> Result<(), super::Error> {
+    if key.trim().is_empty() {
+        return Err(super::Error::Usage(format!(
+            "invalid connect key {key:?}: it must name the session, user, document or room (not be empty or blank)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a backend name (or a generated name's prefix, followed by `suffix` more characters)
 /// before the API server sees it: the backend's Service is named after it, so it must be a
 /// DNS-1035 label, stricter than what the API server accepts for the backend itself.
@@ -105,6 +116,16 @@ mod tests {
             let name = name_for_key(key);
             assert!(is_dns_1035_label(&name), "{key:?} gave {name:?}");
         }
+    }
+
+    #[test]
+    fn a_connect_key_must_name_something() {
+        for blank in ["", " ", "\t\n "] {
+            let error = check_key(blank).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "a usage error");
+            assert!(error.to_string().starts_with("invalid connect key"), "{error}");
+        }
+        assert!(check_key(" room 42 ").is_ok());
     }
 
     #[test]

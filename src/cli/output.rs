@@ -35,22 +35,26 @@ pub struct Access<'a> {
     pub url: &'a str,
 }
 
-/// A kubectl-style table: NAME PHASE READY URL AGE, plus NAMESPACE first when listing several.
+/// A kubectl-style table with the columns of `kubectl get slab`: NAME PHASE READY REASON URL
+/// AGE, plus NAMESPACE first when listing several.
 pub fn table(backends: &[SessionLivedBackend], with_namespace: bool, now: Timestamp) -> String {
     let mut rows = vec![
-        [if with_namespace { "NAMESPACE" } else { "" }, "NAME", "PHASE", "READY", "URL", "AGE"].map(str::to_owned),
+        [if with_namespace { "NAMESPACE" } else { "" }, "NAME", "PHASE", "READY", "REASON", "URL", "AGE"]
+            .map(str::to_owned),
     ];
     for backend in backends {
+        let status = backend.status.as_ref();
         rows.push([
             if with_namespace { backend.namespace().unwrap_or_default() } else { String::new() },
             backend.name_any(),
-            phase_of(backend),
+            phase_of(backend).into(),
             ready_of(backend),
-            backend.status.as_ref().and_then(|s| s.url.clone()).unwrap_or_else(|| "<none>".into()),
+            status.and_then(|s| s.reason.clone()).unwrap_or_else(|| "<none>".into()),
+            status.and_then(|s| s.url.clone()).unwrap_or_else(|| "<none>".into()),
             age(backend, now),
         ]);
     }
-    let columns = if with_namespace { 0..6 } else { 1..6 };
+    let columns = if with_namespace { 0..7 } else { 1..7 };
     let widths: Vec<usize> =
         columns.clone().map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
@@ -74,21 +78,29 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
     let mut lines = vec![
         ("Name", backend.name_any()),
         ("Namespace", backend.namespace().unwrap_or_default()),
-        ("Phase", phase_of(backend)),
+        ("Phase", phase_of(backend).into()),
         ("Ready", ready_of(backend)),
+    ];
+    // Why it is not Ready, right under Ready: that is where people look first.
+    if let Some(reason) = status.reason {
+        lines.push(("Reason", reason));
+        lines.push(("Message", status.message.unwrap_or_default()));
+    }
+    lines.extend([
         ("URL", status.url.unwrap_or_else(|| "<none>".into())),
         ("Image", container.and_then(|c| c.image.clone()).unwrap_or_else(|| "<none>".into())),
         ("HTTP port", backend.spec.http_port.to_string()),
         ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
+        ("Startup timeout", format!("{}s", backend.spec.effective_startup_timeout_seconds())),
         ("Auth", format!("{:?}", backend.spec.auth.mode)),
         ("Node", status.node_name.unwrap_or_else(|| "<none>".into())),
         ("Pod IP", status.pod_ip.unwrap_or_else(|| "<none>".into())),
         ("Age", age(backend, now)),
-    ];
+    ]);
     if let Some(max) = backend.spec.max_lifetime_seconds {
         lines.push(("Max lifetime", format!("{max}s")));
     }
-    let mut out: String = lines.iter().map(|(k, v)| format!("{:<14}{v}\n", format!("{k}:"))).collect();
+    let mut out: String = lines.iter().map(|(k, v)| format!("{:<17}{v}\n", format!("{k}:"))).collect();
     if !status.conditions.is_empty() {
         out.push_str("Conditions:\n");
         for c in &status.conditions {
@@ -151,15 +163,41 @@ mod tests {
                 75,
                 now,
             ),
-            backend("b", None, None, 4000, now),
+            unschedulable("b", 4000, now),
         ];
         let expected = "\
-NAME              PHASE     READY     URL                                                AGE
-drop-four-x7k2p   Ready     Unknown   http://127.0.0.1:30080/p/team-a/drop-four-x7k2p/   75s
-b                 Pending   Unknown   <none>                                             66m
+NAME              PHASE     READY     REASON          URL                                                AGE
+drop-four-x7k2p   Ready     Unknown   <none>          http://127.0.0.1:30080/p/team-a/drop-four-x7k2p/   75s
+b                 Pending   Unknown   Unschedulable   <none>                                             66m
 ";
         assert_eq!(table(&backends, false, now), expected);
         assert!(table(&backends, true, now).starts_with("NAMESPACE   NAME"));
+    }
+
+    fn unschedulable(name: &str, age_seconds: i64, now: Timestamp) -> SessionLivedBackend {
+        let mut b = backend(name, Some(Phase::Pending), None, age_seconds, now);
+        let status = b.status.as_mut().unwrap();
+        status.reason = Some("Unschedulable".into());
+        status.message = Some("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector".into());
+        b
+    }
+
+    #[test]
+    fn a_description_says_why_the_backend_is_not_ready_under_ready() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let described = describe(&unschedulable("b", 10, now), now);
+        let lines: Vec<&str> = described.lines().collect();
+        assert_eq!(
+            lines[3..6],
+            [
+                "Ready:           Unknown",
+                "Reason:          Unschedulable",
+                "Message:         0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector"
+            ]
+        );
+        assert!(described.contains("Startup timeout: 300s\n"), "{described}");
+        let ready = backend("r", Some(Phase::Ready), Some("http://x/"), 10, now);
+        assert!(!describe(&ready, now).contains("Reason:"), "nothing to explain once Ready");
     }
 
     #[test]

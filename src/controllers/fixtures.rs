@@ -76,7 +76,7 @@ impl BackendExt for SessionLivedBackend {
         self
     }
     fn startup_timeout(mut self, secs: i64) -> Self {
-        self.spec.startup_timeout_seconds = secs;
+        self.spec.startup_timeout_seconds = Some(secs);
         self
     }
     fn max_lifetime(mut self, secs: i64) -> Self {
@@ -116,8 +116,20 @@ pub trait PodExt: Sized {
     fn running(self) -> Self;
     fn ready(self) -> Self;
     fn app_waiting(self, reason: &str) -> Self;
+    fn sidecar_waiting(self, reason: &str) -> Self;
+    /// Adds an init container `name`, held back by the kubelet for `reason`.
+    fn init_waiting(self, name: &str, reason: &str) -> Self;
     fn app_terminated(self, exit_code: i32, reason: &str) -> Self;
     fn phase(self, phase: &str) -> Self;
+}
+
+/// `pod` with its container `name` held back by the kubelet for `reason`.
+fn container_waiting(mut pod: Pod, name: &str, reason: &str) -> Pod {
+    let status = pod.status.get_or_insert_with(Default::default);
+    let container = status.container_statuses.iter_mut().flatten().find(|c| c.name == name).unwrap();
+    let waiting = ContainerStateWaiting { reason: Some(reason.into()), message: Some("details".into()) };
+    container.state = Some(ContainerState { waiting: Some(waiting), ..ContainerState::default() });
+    pod
 }
 
 fn container_status(name: &str, state: ContainerState, ready: bool) -> ContainerStatus {
@@ -194,11 +206,19 @@ impl PodExt for Pod {
         }]);
         self
     }
-    fn app_waiting(mut self, reason: &str) -> Self {
-        let status = self.status.get_or_insert_with(Default::default);
-        let app = status.container_statuses.iter_mut().flatten().find(|c| c.name == "app").unwrap();
+    fn app_waiting(self, reason: &str) -> Self {
+        container_waiting(self, "app", reason)
+    }
+    fn sidecar_waiting(self, reason: &str) -> Self {
+        container_waiting(self, crate::names::SIDECAR_CONTAINER, reason)
+    }
+    fn init_waiting(mut self, name: &str, reason: &str) -> Self {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.init_containers.get_or_insert_with(Vec::new).push(Container { name: name.into(), ..Container::default() });
         let waiting = ContainerStateWaiting { reason: Some(reason.into()), message: Some("details".into()) };
-        app.state = Some(ContainerState { waiting: Some(waiting), ..ContainerState::default() });
+        let state = ContainerState { waiting: Some(waiting), ..ContainerState::default() };
+        let status = self.status.get_or_insert_with(Default::default);
+        status.init_container_statuses.get_or_insert_with(Vec::new).push(container_status(name, state, false));
         self
     }
     fn app_terminated(mut self, exit_code: i32, reason: &str) -> Self {

@@ -81,7 +81,7 @@ fn created(backend: &SessionLivedBackend) -> Option<Timestamp> {
 }
 
 fn startup_deadline(backend: &SessionLivedBackend) -> Option<Timestamp> {
-    created(backend)?.checked_add(SignedDuration::from_secs(backend.spec.startup_timeout_seconds)).ok()
+    created(backend)?.checked_add(SignedDuration::from_secs(backend.spec.effective_startup_timeout_seconds())).ok()
 }
 
 fn lifetime_deadline(backend: &SessionLivedBackend) -> Option<Timestamp> {

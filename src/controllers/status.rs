@@ -14,7 +14,9 @@ use crate::controllers::lifetime;
 use crate::crd::{Condition, ConditionType, Phase, SessionLivedBackend, SessionLivedBackendStatus};
 use crate::names;
 
-/// Stable reasons, shared by conditions and Events (clients may match on them).
+/// Stable reasons, shared by conditions and Events (clients may match on them). While a
+/// container waits for something a person must fix, the Ready condition carries the kubelet's
+/// own reason instead (`ErrImagePull`, `ImagePullBackOff`...), as `kubectl get pods` shows it.
 pub mod reason {
     pub const POD_CREATED: &str = "PodCreated";
     pub const PENDING: &str = "Pending";
@@ -22,7 +24,6 @@ pub mod reason {
     pub const SCHEDULED: &str = "Scheduled";
     pub const RUNNING: &str = "Running";
     pub const CONTAINERS_NOT_READY: &str = "ContainersNotReady";
-    pub const CONTAINER_WAITING: &str = "ContainerWaiting";
     pub const READY: &str = "Ready";
     pub const NOT_READY: &str = "NotReady";
     pub const NOT_FAILED: &str = "NotFailed";
@@ -97,6 +98,21 @@ pub fn derive_status(
     let pod_ready = pod_status.is_some_and(|s| pod_condition_true(s.conditions.as_deref(), "Ready"));
     let ever_ready = old.ready_at.is_some() || pod_ready;
 
+    let containers_running = pod_status
+        .and_then(|s| s.container_statuses.as_deref())
+        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())));
+    // How far the pod has got, before the rules that end a backend.
+    let progress = if pod_ready {
+        Phase::Ready
+    } else if containers_running {
+        Phase::Running
+    } else if node.is_some() {
+        Phase::Scheduled
+    } else {
+        Phase::Pending
+    };
+    let not_ready = not_ready(progress, pod_ref);
+
     let failure = match pod {
         PodView::Rejected(message) => Some(Failure { reason: reason::INVALID_POD, message: message.to_string() }),
         PodView::Lost => Some(Failure {
@@ -107,9 +123,15 @@ pub fn derive_status(
         PodView::NotCreated => None,
     }
     .or_else(|| {
+        // Say what it was still waiting for: that is what the user has to fix.
         (!ever_ready && lifetime::startup_timed_out(backend, now)).then(|| Failure {
             reason: reason::STARTUP_TIMEOUT,
-            message: format!("not Ready within startupTimeoutSeconds ({}s)", backend.spec.startup_timeout_seconds),
+            message: format!(
+                "not Ready within startupTimeoutSeconds ({}s); still {}: {}",
+                backend.spec.effective_startup_timeout_seconds(),
+                not_ready.reason,
+                not_ready.message
+            ),
         })
     });
 
@@ -129,38 +151,40 @@ pub fn derive_status(
         new.ready_at = Some(kubelet_time.unwrap_or_else(|| time(now)));
     }
 
-    let containers_running = pod_status
-        .and_then(|s| s.container_statuses.as_deref())
-        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())));
-    let phase = if failure.is_some() {
-        Phase::Failed
-    } else if pod_ready {
-        Phase::Ready
-    } else if containers_running {
-        Phase::Running
-    } else if node.is_some() {
-        Phase::Scheduled
-    } else {
-        Phase::Pending
-    };
+    let phase = if failure.is_some() { Phase::Failed } else { progress };
     new.phase = Some(phase);
     if phase == Phase::Failed {
         new.failed_at = Some(time(now));
     }
 
+    let is_ready = phase == Phase::Ready;
+    let failed = failure.as_ref().map(|f| Cause { reason: f.reason.to_string(), message: f.message.clone() });
+    let ready = match &failed {
+        Some(cause) => cause.clone(),
+        None if is_ready => {
+            Cause { reason: reason::READY.to_string(), message: "the backend accepts connections".to_string() }
+        }
+        None => not_ready,
+    };
+    // Mirrored at the top of the status for `kubectl get slab` (a printer column cannot pick
+    // the reason of only a False condition) and for scripts.
+    (new.reason, new.message) = if is_ready {
+        (None, None)
+    } else {
+        (Some(ready.reason.clone()), Some(truncate(ready.message.clone(), MAX_MESSAGE_BYTES)))
+    };
+    let failed = match failed {
+        Some(cause) => (true, cause),
+        None => (false, Cause { reason: reason::NOT_FAILED.to_string(), message: String::new() }),
+    };
     let conditions = [
-        scheduled_condition(pod_ref, node.as_deref()),
-        ready_condition(phase, pod_ref, failure.as_ref()),
-        match &failure {
-            Some(f) => (ConditionType::Failed, true, f.reason, f.message.clone()),
-            None => (ConditionType::Failed, false, reason::NOT_FAILED, String::new()),
-        },
+        (ConditionType::Scheduled, scheduled_condition(pod_ref, node.as_deref())),
+        (ConditionType::Ready, (is_ready, ready)),
+        (ConditionType::Failed, failed),
     ];
     new.conditions = conditions
         .into_iter()
-        .map(|(type_, status, reason, message)| {
-            condition(&old.conditions, type_, status, reason, message, generation, now)
-        })
+        .map(|(type_, (status, cause))| condition(&old.conditions, type_, status, cause, generation, now))
         .collect();
 
     let transitions = announce(old.phase, &new, failure.as_ref());
@@ -210,43 +234,54 @@ fn announce(old: Option<Phase>, new: &SessionLivedBackendStatus, failure: Option
     out
 }
 
-type ConditionParts = (ConditionType, bool, &'static str, String);
+/// A condition's reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cause {
+    reason: String,
+    message: String,
+}
 
-fn scheduled_condition(pod: Option<&Pod>, node: Option<&str>) -> ConditionParts {
+/// Longest condition (and status) message kept.
+const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+
+fn scheduled_condition(pod: Option<&Pod>, node: Option<&str>) -> (bool, Cause) {
+    let cause = |reason: &str, message: String| Cause { reason: reason.to_string(), message };
     if let Some(node) = node {
-        return (ConditionType::Scheduled, true, reason::SCHEDULED, format!("pod bound to node {node}"));
+        return (true, cause(reason::SCHEDULED, format!("pod bound to node {node}")));
     }
-    let scheduler =
-        pod.and_then(|p| p.status.as_ref()).and_then(|s| pod_condition(s.conditions.as_deref(), "PodScheduled"));
-    match scheduler {
-        Some(c) if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") => {
-            (ConditionType::Scheduled, false, reason::UNSCHEDULABLE, c.message.clone().unwrap_or_default())
-        }
-        _ => (ConditionType::Scheduled, false, reason::PENDING, "waiting for a node".to_string()),
+    match pod.and_then(unschedulable) {
+        Some(message) => (false, cause(reason::UNSCHEDULABLE, message)),
+        None => (false, cause(reason::PENDING, "waiting for a node".to_string())),
     }
 }
 
-fn ready_condition(phase: Phase, pod: Option<&Pod>, failure: Option<&Failure>) -> ConditionParts {
-    let ready = |status, reason, message: &str| (ConditionType::Ready, status, reason, message.to_string());
-    if let Some(f) = failure {
-        return ready(false, f.reason, &f.message);
+/// Why a backend whose pod has got as far as `progress` is not Ready (yet): what `kubectl get
+/// pods` would show in its STATUS column when a person must act, else where it is on the
+/// normal path.
+fn not_ready(progress: Phase, pod: Option<&Pod>) -> Cause {
+    let cause = |reason: &str, message: &str| Cause { reason: reason.to_string(), message: message.to_string() };
+    if progress == Phase::Pending {
+        return match pod.and_then(unschedulable) {
+            Some(message) => Cause { reason: reason::UNSCHEDULABLE.to_string(), message },
+            None => cause(reason::PENDING, "waiting for the pod to be scheduled"),
+        };
     }
-    match phase {
-        Phase::Ready => ready(true, reason::READY, "the backend accepts connections"),
-        Phase::Pending => ready(false, reason::PENDING, "waiting for the pod to be scheduled"),
-        _ => match pod.and_then(waiting_container) {
-            Some(message) => ready(false, reason::CONTAINER_WAITING, &message),
-            None => ready(false, reason::CONTAINERS_NOT_READY, "waiting for the containers to be ready"),
-        },
-    }
+    pod.and_then(waiting_container)
+        .unwrap_or_else(|| cause(reason::CONTAINERS_NOT_READY, "waiting for the containers to be ready"))
+}
+
+/// The scheduler's message when it found no node for the pod.
+fn unschedulable(pod: &Pod) -> Option<String> {
+    let scheduled = pod_condition(pod.status.as_ref()?.conditions.as_deref(), "PodScheduled")?;
+    (scheduled.status == "False" && scheduled.reason.as_deref() == Some(reason::UNSCHEDULABLE))
+        .then(|| scheduled.message.clone().unwrap_or_default())
 }
 
 fn condition(
     old: &[Condition],
     type_: ConditionType,
     status: bool,
-    reason: &str,
-    message: String,
+    cause: Cause,
     observed_generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
@@ -259,8 +294,8 @@ fn condition(
     Condition {
         type_: type_.as_str().to_string(),
         status,
-        reason: reason.to_string(),
-        message: truncate(message, 32 * 1024),
+        reason: cause.reason,
+        message: truncate(cause.message, MAX_MESSAGE_BYTES),
         last_transition_time,
         observed_generation,
     }
@@ -288,15 +323,29 @@ fn pod_failure(pod: &Pod) -> Option<Failure> {
     None
 }
 
-fn waiting_container(pod: &Pod) -> Option<String> {
-    pod.status.as_ref()?.container_statuses.iter().flatten().find_map(|c: &ContainerStatus| {
-        let w = c.state.as_ref()?.waiting.as_ref()?;
-        let why = w.reason.as_deref().unwrap_or("Waiting");
-        // ContainerCreating is the normal path; only report the reasons a human must act on.
-        (why != "ContainerCreating" && why != "PodInitializing").then(|| {
-            let detail = w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-            format!("container {} waiting: {why}{detail}", c.name)
-        })
+/// The first container, in the pod's order (init containers first), that the kubelet holds
+/// back for a reason a person must act on (`ErrImagePull`, `ImagePullBackOff`,
+/// `CreateContainerConfigError`, `CrashLoopBackOff` of a restartable init container...), as
+/// the kubelet's reason and a message naming the container.
+fn waiting_container(pod: &Pod) -> Option<Cause> {
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    let init =
+        spec.init_containers.iter().flatten().map(|c| ("init container", &c.name, &status.init_container_statuses));
+    let app = spec.containers.iter().map(|c| ("container", &c.name, &status.container_statuses));
+    init.chain(app).find_map(|(kind, name, statuses)| {
+        let found: &ContainerStatus = statuses.iter().flatten().find(|c| &c.name == name)?;
+        let waiting = found.state.as_ref()?.waiting.as_ref()?;
+        let why = waiting.reason.as_deref().filter(|r| !r.is_empty())?;
+        // ContainerCreating and PodInitializing are the normal path: not worth a status write.
+        if why == "ContainerCreating" || why == "PodInitializing" {
+            return None;
+        }
+        let message = match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+            Some(detail) => format!("{kind} {name}: {detail}"),
+            None => format!("{kind} {name} is waiting"),
+        };
+        Some(Cause { reason: why.to_string(), message })
     })
 }
 

@@ -24,7 +24,9 @@ pub const FIELD_MANAGER: &str = "spawner";
 pub const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 300;
 /// Default port the application listens on; it receives it as `PORT` too.
 pub const DEFAULT_HTTP_PORT: i32 = 8080;
-/// Default time a backend may take from creation to Ready before it is marked Failed.
+/// Default time a backend may take from creation to Ready before it is marked Failed; a backend
+/// with a shorter `maxLifetimeSeconds` gets that instead (see
+/// [`SessionLivedBackendSpec::effective_startup_timeout_seconds`]).
 pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
 
 /// A session-lived backend: one pod serving one user, document or room over HTTP and
@@ -42,15 +44,19 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
     status = "SessionLivedBackendStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the backend is in its life"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the backend accepts connections"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","description":"Why the backend is not Ready (ErrImagePull, Unschedulable, StartupTimeout...)"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","description":"Where browsers reach the backend (through the reverse proxy)"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1,"description":"Node the backend's pod runs on"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1,"description":"Why the backend is not Ready, in words"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
+    // Only a startup timeout the user wrote is compared: an unset one defaults to at most the
+    // max lifetime (CEL cannot tell a schema default from a value the user set).
     {
-        "rule": "!has(self.maxLifetimeSeconds) || self.startupTimeoutSeconds <= self.maxLifetimeSeconds",
-        "message": "spec.startupTimeoutSeconds must not exceed spec.maxLifetimeSeconds",
+        "rule": "!has(self.startupTimeoutSeconds) || !has(self.maxLifetimeSeconds) || self.startupTimeoutSeconds <= self.maxLifetimeSeconds",
+        "message": "spec.startupTimeoutSeconds must not exceed spec.maxLifetimeSeconds (when unset it defaults to the smaller of 300 and maxLifetimeSeconds)",
         "fieldPath": ".startupTimeoutSeconds",
         "reason": "FieldValueInvalid"
     },
@@ -122,10 +128,10 @@ pub struct SessionLivedBackendSpec {
     pub http_port: i32,
 
     /// Seconds the backend may take from creation to Ready. Past it the backend is Failed
-    /// (reason `StartupTimeout`).
-    #[serde(default = "default_startup_timeout_seconds")]
+    /// (reason `StartupTimeout`). Unset: 300, or `maxLifetimeSeconds` when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
-    pub startup_timeout_seconds: i64,
+    pub startup_timeout_seconds: Option<i64>,
 
     /// Hard limit on the backend's whole life in seconds, connected or not: once reached the
     /// backend is deleted (Event `MaxLifetimeReached`). Unset means no limit.
@@ -141,6 +147,20 @@ pub struct SessionLivedBackendSpec {
     /// Who may reach the backend's URL.
     #[serde(default)]
     pub auth: AuthSpec,
+}
+
+impl SessionLivedBackendSpec {
+    /// Seconds the backend may take to become Ready: `startupTimeoutSeconds` as set, else the
+    /// smaller of [`DEFAULT_STARTUP_TIMEOUT_SECONDS`] and `maxLifetimeSeconds`. Computed here,
+    /// not defaulted in the schema, so that admission can refuse only a timeout the user set
+    /// above the max lifetime; the controller and the CLI both read it through this.
+    pub fn effective_startup_timeout_seconds(&self) -> i64 {
+        let default = match self.max_lifetime_seconds {
+            Some(max_lifetime) => max_lifetime.min(DEFAULT_STARTUP_TIMEOUT_SECONDS),
+            None => DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        };
+        self.startup_timeout_seconds.unwrap_or(default)
+    }
 }
 
 /// Whether and how the sidecar is injected.
@@ -188,9 +208,6 @@ fn default_grace_period_seconds() -> i64 {
 }
 fn default_http_port() -> i32 {
     DEFAULT_HTTP_PORT
-}
-fn default_startup_timeout_seconds() -> i64 {
-    DEFAULT_STARTUP_TIMEOUT_SECONDS
 }
 
 /// The CustomResourceDefinition as applied to clusters.

@@ -17,6 +17,19 @@ pub struct SessionLivedBackendStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
+    /// Why the backend is not Ready, in one CamelCase word (the `REASON` column of
+    /// `kubectl get slab`): the Ready condition's reason while it is False — the kubelet's
+    /// (`ErrImagePull`, `ImagePullBackOff`, `CreateContainerConfigError`...), the scheduler's
+    /// (`Unschedulable`) or Spawner's (`StartupTimeout`, `ContainerTerminated`...). Unset once
+    /// Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// Why the backend is not Ready, in words: the Ready condition's message while it is False.
+    /// Unset once Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
     /// Standard conditions: `Scheduled`, `Ready` and `Failed`, each with a reason and message.
     /// `kubectl wait --for=condition=Ready slab/NAME` waits on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

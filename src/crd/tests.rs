@@ -40,3 +40,17 @@ fn the_crd_fits_the_client_side_apply_annotation() {
 fn the_crd_schema_is_pinned() {
     insta::assert_yaml_snapshot!("crd", crd());
 }
+
+#[test]
+fn an_unset_startup_timeout_is_300_seconds_or_the_max_lifetime_when_shorter() {
+    let spec = |json: serde_json::Value| -> SessionLivedBackendSpec {
+        let mut json = json;
+        json["template"] = serde_json::json!({"containers": [{"name": "app", "image": "i"}]});
+        serde_json::from_value(json).unwrap()
+    };
+    assert_eq!(spec(serde_json::json!({})).effective_startup_timeout_seconds(), 300);
+    assert_eq!(spec(serde_json::json!({"maxLifetimeSeconds": 20})).effective_startup_timeout_seconds(), 20);
+    assert_eq!(spec(serde_json::json!({"maxLifetimeSeconds": 3600})).effective_startup_timeout_seconds(), 300);
+    let set = spec(serde_json::json!({"startupTimeoutSeconds": 10, "maxLifetimeSeconds": 20}));
+    assert_eq!(set.effective_startup_timeout_seconds(), 10, "a timeout the user set is kept");
+}

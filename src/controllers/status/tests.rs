@@ -185,12 +185,93 @@ fn a_pod_deleted_under_a_running_backend_fails_it_as_lost() {
 }
 
 #[test]
-fn an_image_pull_error_shows_in_the_ready_condition() {
-    let pod = Pod::test().scheduled_to("n1").app_waiting("ErrImagePull");
+fn an_image_pull_error_is_the_ready_reason_as_kubectl_get_pods_shows_it() {
+    for kubelet_reason in ["ErrImagePull", "ImagePullBackOff"] {
+        let pod = Pod::test().scheduled_to("n1").app_waiting(kubelet_reason);
+        let (status, _) = derive(&SessionLivedBackend::test(), PodView::Exists(&pod), 1001);
+        let ready = cond(&status, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", kubelet_reason));
+        assert_eq!(ready.message, "container app: details");
+        assert_eq!(status.reason.as_deref(), Some(kubelet_reason), "mirrored for the REASON column");
+        assert_eq!(status.message.as_deref(), Some("container app: details"));
+        assert_eq!(status.phase, Some(Phase::Scheduled));
+    }
+}
+
+#[test]
+fn the_application_container_is_named_before_the_sidecar_whatever_order_the_kubelet_lists_them() {
+    let mut pod = Pod::test().scheduled_to("n1").app_waiting("ErrImagePull").sidecar_waiting("ImagePullBackOff");
+    pod.status.as_mut().unwrap().container_statuses.as_mut().unwrap().reverse();
+    let (status, _) = derive(&SessionLivedBackend::test(), PodView::Exists(&pod), 1001);
+    assert_eq!(status.reason.as_deref(), Some("ErrImagePull"));
+}
+
+#[test]
+fn an_init_container_held_back_by_the_kubelet_is_the_ready_reason() {
+    let pod = Pod::test().scheduled_to("n1").init_waiting("setup", "CrashLoopBackOff");
     let (status, _) = derive(&SessionLivedBackend::test(), PodView::Exists(&pod), 1001);
     let ready = cond(&status, "Ready");
-    assert_eq!(ready.reason, "ContainerWaiting");
-    assert_eq!(ready.message, "container app waiting: ErrImagePull: details");
+    assert_eq!(ready.reason, "CrashLoopBackOff");
+    assert_eq!(ready.message, "init container setup: details");
+}
+
+#[test]
+fn containers_being_created_are_the_normal_path_not_a_reason_of_their_own() {
+    // The fixture's scheduled pod has both containers waiting in ContainerCreating.
+    let pod = Pod::test().scheduled_to("n1");
+    let (status, _) = derive(&SessionLivedBackend::test(), PodView::Exists(&pod), 1001);
+    assert_eq!(status.reason.as_deref(), Some("ContainersNotReady"));
+}
+
+#[test]
+fn an_unschedulable_backend_says_so_as_its_ready_reason() {
+    let pod = Pod::test().unschedulable("0/1 nodes are available: node(s) didn't match selector");
+    let (status, _) = derive(&SessionLivedBackend::test(), PodView::Exists(&pod), 1001);
+    let ready = cond(&status, "Ready");
+    assert_eq!(
+        (ready.reason.as_str(), ready.message.as_str()),
+        ("Unschedulable", "0/1 nodes are available: node(s) didn't match selector")
+    );
+    assert_eq!(status.reason.as_deref(), Some("Unschedulable"));
+}
+
+#[test]
+fn a_ready_backend_has_no_reason_or_message_at_the_top_of_its_status() {
+    let backend = with(
+        SessionLivedBackend::test(),
+        SessionLivedBackendStatus {
+            reason: Some("ContainersNotReady".into()),
+            message: Some("waiting for the containers to be ready".into()),
+            ..Default::default()
+        },
+    );
+    let pod = Pod::test().scheduled_to("n1").running().ready();
+    let (status, _) = derive(&backend, PodView::Exists(&pod), 1005);
+    assert_eq!((status.reason, status.message), (None, None));
+}
+
+#[test]
+fn a_startup_timeout_says_what_the_backend_was_still_waiting_for() {
+    let backend = SessionLivedBackend::test().created_at(1000).startup_timeout(30);
+    let pod = Pod::test().scheduled_to("n1").app_waiting("ImagePullBackOff");
+    let (status, _) = derive(&backend, PodView::Exists(&pod), 1030);
+    assert_eq!(status.reason.as_deref(), Some("StartupTimeout"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("not Ready within startupTimeoutSeconds (30s); still ImagePullBackOff: container app: details")
+    );
+    assert_eq!(cond(&status, "Ready").message, cond(&status, "Failed").message);
+}
+
+#[test]
+fn an_unset_startup_timeout_is_cut_to_a_shorter_max_lifetime() {
+    let backend = SessionLivedBackend::test().created_at(1000).max_lifetime(20);
+    let pod = Pod::test().scheduled_to("n1").running();
+    let (before, _) = derive(&backend, PodView::Exists(&pod), 1019);
+    assert_eq!(before.phase, Some(Phase::Running));
+    let (after, _) = derive(&backend, PodView::Exists(&pod), 1020);
+    assert_eq!(after.reason.as_deref(), Some("StartupTimeout"));
+    assert!(after.message.unwrap().starts_with("not Ready within startupTimeoutSeconds (20s)"));
 }
 
 #[test]
