@@ -3,9 +3,13 @@
 //! Each test gets a [`TestEnv`]: a kube `Client` and a namespace of its own, deleted when the
 //! env drops. If the test panicked, the objects and events of the namespace are printed first.
 //!
-//! Which cluster: `SPAWNER_TEST_CLUSTER=existing` uses the current KUBECONFIG context; otherwise
-//! the local cluster of `cargo xtask cluster`, started if it is not running. When no cluster can
-//! be had the test fails with the reason: these tests never pass by skipping.
+//! Which cluster (`SPAWNER_TEST_CLUSTER`):
+//! - unset or `local`: the local cluster of `cargo xtask cluster`, started if it is not running;
+//! - `kind`: the two-node kind cluster `spawner-e2e` of `cargo xtask kind` (its kubeconfig under
+//!   `~/.cache/spawner/kind/`), created if it does not exist;
+//! - `existing`: the current KUBECONFIG context.
+//!
+//! When no cluster can be had the test fails with the reason: these tests never pass by skipping.
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
 
 use std::path::PathBuf;
@@ -31,58 +35,96 @@ pub fn local_kubeconfig() -> PathBuf {
     home.join(".cache/spawner/cluster/admin.kubeconfig")
 }
 
-/// KUBECONFIG to hand to kubectl and to the binaries the tests start.
-pub fn kubeconfig_path() -> PathBuf {
-    if existing_cluster() {
-        std::env::var_os("KUBECONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".kube/config"))
-    } else {
-        local_kubeconfig()
+/// The kind cluster the tests use with `SPAWNER_TEST_CLUSTER=kind`, and its proxy's host port.
+pub const KIND_CLUSTER: &str = "spawner-e2e";
+pub const KIND_PROXY_PORT: u16 = 31080;
+
+/// Which cluster the tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestCluster {
+    Local,
+    Kind,
+    Existing,
+}
+
+pub fn test_cluster() -> TestCluster {
+    match std::env::var("SPAWNER_TEST_CLUSTER").as_deref() {
+        Ok("existing") => TestCluster::Existing,
+        Ok("kind") => TestCluster::Kind,
+        Ok("local") | Ok("") | Err(_) => TestCluster::Local,
+        Ok(other) => panic!("SPAWNER_TEST_CLUSTER={other}: expected local, kind or existing"),
     }
 }
 
-fn existing_cluster() -> bool {
-    std::env::var("SPAWNER_TEST_CLUSTER").is_ok_and(|v| v == "existing")
+fn kind_kubeconfig() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    home.join(format!(".cache/spawner/kind/{KIND_CLUSTER}.kubeconfig"))
 }
 
-/// Makes sure the local cluster runs, once per test process.
+/// KUBECONFIG to hand to kubectl and to the binaries the tests start.
+pub fn kubeconfig_path() -> PathBuf {
+    match test_cluster() {
+        TestCluster::Existing => std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".kube/config")),
+        TestCluster::Kind => kind_kubeconfig(),
+        TestCluster::Local => local_kubeconfig(),
+    }
+}
+
+/// Makes sure the test cluster runs, once per test process.
 fn ensure_cluster() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
-        if existing_cluster() {
-            return;
-        }
-        let healthy = local_kubeconfig().exists()
+        let up: Vec<String> = match test_cluster() {
+            TestCluster::Existing => return,
+            TestCluster::Local => vec!["cluster".into(), "up".into()],
+            TestCluster::Kind => ["kind", "up", "--name", KIND_CLUSTER, "--workers", "1", "--host-port"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([KIND_PROXY_PORT.to_string()])
+                .collect(),
+        };
+        let kubeconfig = kubeconfig_path();
+        let healthy = kubeconfig.exists()
             && Command::new("kubectl")
                 .args(["get", "--raw", "/readyz"])
-                .env("KUBECONFIG", local_kubeconfig())
+                .env("KUBECONFIG", &kubeconfig)
                 .output()
                 .is_ok_and(|o| o.status.success());
         if healthy {
             return;
         }
-        eprintln!("test harness: local cluster not running; starting it with `cargo xtask cluster up`");
+        eprintln!(
+            "test harness: no cluster answers at {}; starting it with `cargo xtask {}`",
+            kubeconfig.display(),
+            up.join(" ")
+        );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["xtask", "cluster", "up"])
+            .arg("xtask")
+            .args(&up)
             .current_dir(repo_root())
             .status()
-            .expect("running `cargo xtask cluster up`");
-        assert!(status.success(), "no cluster for the integration tests: `cargo xtask cluster up` failed ({status})");
+            .expect("running `cargo xtask`");
+        assert!(
+            status.success(),
+            "no cluster for the integration tests: `cargo xtask {}` failed ({status})",
+            up.join(" ")
+        );
     });
 }
 
 /// Client configuration for the test cluster.
 pub async fn config() -> Config {
     ensure_cluster();
-    if existing_cluster() {
+    if test_cluster() == TestCluster::Existing {
         return Config::infer().await.expect("SPAWNER_TEST_CLUSTER=existing but no usable KUBECONFIG");
     }
-    let kubeconfig = Kubeconfig::read_from(local_kubeconfig()).expect("reading the local cluster's kubeconfig");
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("reading the test cluster's kubeconfig");
     Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("local cluster kubeconfig is usable")
+        .expect("the test cluster's kubeconfig is usable")
 }
 
 /// Applies Spawner's namespace and the generated RBAC (config/rbac), once per test process.

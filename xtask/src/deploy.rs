@@ -59,6 +59,17 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask deploy --kubeconfig K`: config/default on a cluster whose nodes already hold
+/// the images (the test harness's kind cluster loads them itself).
+pub fn existing(kubeconfig: &PathBuf, base_url: &str, demo: bool) -> Result<()> {
+    let images: Vec<Pinned> = crate::images::build()?.iter().map(Pinned::of).collect();
+    apply_default(kubeconfig, &images, base_url)?;
+    if demo {
+        println!("{}", crate::demo::create(kubeconfig)?);
+    }
+    Ok(())
+}
+
 /// kind on PATH and a Docker engine that answers: a user's machine set up for kind.
 fn kind_available() -> bool {
     let ok = |cmd: &str, args: &[&str]| Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());

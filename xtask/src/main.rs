@@ -56,6 +56,13 @@ enum Command {
         /// Do not create the demo backend.
         #[arg(long)]
         no_demo: bool,
+        /// Deploy to the cluster of this kubeconfig as it is: build the images but load them
+        /// nowhere (the caller has loaded `~/.cache/spawner/images/*.tar` into its nodes).
+        #[arg(long, conflicts_with_all = ["kind", "local"])]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// Where the reverse proxy answers for that cluster (backends' status URLs start with it).
+        #[arg(long, requires = "kubeconfig")]
+        base_url: Option<String>,
     },
     /// A Docker engine for kind: the machine's own if one answers, else Debian's dockerd started
     /// with its own data root and socket.
@@ -180,7 +187,11 @@ fn main() -> ExitCode {
                 cluster::up(&cluster::UpOptions::default()).and_then(|()| images::build_and_load()).map(drop)
             }
         }
-        Command::Deploy { kind, local, no_demo } => {
+        Command::Deploy { no_demo, kubeconfig: Some(kubeconfig), base_url, .. } => {
+            let base_url = base_url.unwrap_or_else(|| manifests::PROXY_BASE_URL.to_string());
+            deploy::existing(&kubeconfig, &base_url, !no_demo)
+        }
+        Command::Deploy { kind, local, no_demo, kubeconfig: None, .. } => {
             let target = if kind {
                 deploy::Target::Kind
             } else if local {
@@ -191,7 +202,12 @@ fn main() -> ExitCode {
             deploy::run(target, !no_demo)
         }
         Command::Docker { action } => match action {
-            DockerAction::Up => docker::up().map(drop),
+            DockerAction::Up => docker::up().map(|engine| {
+                // Last line, for scripts and the test harness: the engine's address, if not the default.
+                if let Some(host) = engine.host {
+                    println!("DOCKER_HOST={host}");
+                }
+            }),
             DockerAction::Down { purge } => docker::down(purge),
             DockerAction::Status => docker::status(),
         },
@@ -200,7 +216,10 @@ fn main() -> ExitCode {
                 kind::up(&kind::Options { name, workers, host_port }).map(drop)
             }
             KindAction::Down { name } => kind::down(&name),
-            KindAction::NodeImage => docker::up().and_then(|engine| kind::node_image::ensure(&engine)).map(drop),
+            KindAction::NodeImage => docker::up().and_then(|engine| kind::node_image::ensure(&engine)).map(|image| {
+                // Last line, for scripts and the test harness: the image reference.
+                println!("{image}");
+            }),
         },
         Command::Bench { bench } => bench::run(bench),
         Command::Test { no_deploy, no_kind, cargo_test_args } => {

@@ -94,6 +94,9 @@ pub fn up(opts: &Options) -> Result<Kind> {
             .run()
             .with_context(|| format!("kind create cluster failed; the nodes are kept for inspection (`{} export logs --name {name}`, then `cargo xtask kind down --name {name}`)", kind.display()))?;
         println!("    created in {:.1?}", t.elapsed());
+        // Backends run on every node, the control plane's included: the tests pin them to each.
+        let taint = "node-role.kubernetes.io/control-plane:NoSchedule-";
+        crate::deploy::kubectl(&kubeconfig, &["taint", "nodes", "-l", "node-role.kubernetes.io/control-plane", taint])?;
     } else {
         println!("==> kind cluster {name} exists; reusing it");
     }

@@ -37,7 +37,7 @@ use crate::docker::Engine;
 use crate::oci::{ImageSpec, build_image_to};
 
 /// The node image. Bump the suffix whenever what goes into it changes.
-pub const NODE_IMAGE: &str = "spawner.local/kind-node:v1.34.4-spawner.1";
+pub const NODE_IMAGE: &str = "spawner.local/kind-node:v1.34.4-spawner.2";
 /// Debian release and packages of the root filesystem (bump the key when the list changes).
 const ROOTFS_KEY: &str = "bookworm-1";
 const SUITE: &str = "bookworm";
@@ -82,20 +82,24 @@ pub fn ensure(engine: &Engine) -> Result<String> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
 
-    let images = control_plane_images(&work.join("images"))?;
-    let rootfs = rootfs()?;
-    let layer = work.join("rootfs.tar");
-    println!("    node files");
-    let tree = work.join("rootfs");
-    cmd!(sh, "cp -a {rootfs} {tree}").run()?;
-    node_files(&sh, &tree)?;
-    cmd!(sh, "tar -C {tree} --numeric-owner -cf {layer} .").run()?;
+    let images = work.join("images");
+    control_plane_images(&images)?;
+    // The base (root filesystem and node files, before the images) is kept until the node image
+    // is done, so a failed pre-load does not redo it.
     let base = format!("{NODE_IMAGE}-base");
-    println!("    docker import ({:.1?})", started.elapsed());
-    cmd!(sh, "docker import {layer} {base}").quiet().ignore_stdout().run()?;
-    std::fs::remove_dir_all(&tree).ok();
-    std::fs::remove_file(&layer).ok();
-
+    if cmd!(sh, "docker image inspect {base}").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        let rootfs = rootfs()?;
+        let layer = work.join("rootfs.tar");
+        println!("    node files");
+        let tree = work.join("rootfs");
+        cmd!(sh, "cp -a {rootfs} {tree}").run()?;
+        node_files(&sh, &tree)?;
+        cmd!(sh, "tar -C {tree} --numeric-owner -cf {layer} .").run()?;
+        println!("    docker import ({:.1?})", started.elapsed());
+        cmd!(sh, "docker import {layer} {base}").quiet().ignore_stdout().run()?;
+        std::fs::remove_dir_all(&tree).ok();
+        std::fs::remove_file(&layer).ok();
+    }
     preload(&sh, &base, &images)?;
     cmd!(sh, "docker image rm {base}").quiet().ignore_stdout().run()?;
     std::fs::remove_dir_all(&work).ok();
@@ -229,7 +233,7 @@ fn node_files(sh: &Shell, tree: &Path) -> Result<()> {
     // As kind's base image: no services but ours and the ones systemd needs; journald without
     // kmsg; binfmt masked.
     let tree_s = tree.display().to_string();
-    cmd!(sh, "sh -c {PREPARE_SYSTEMD} prepare {tree_s}").run()?;
+    cmd!(sh, "sh -c {PREPARE_SYSTEMD} prepare {tree_s}").quiet().ignore_stdout().ignore_stderr().run()?;
     Ok(())
 }
 
@@ -271,13 +275,15 @@ fn write(tree: &Path, path: &str, contents: &str, mode: u32) -> Result<()> {
 }
 
 /// The images kubeadm runs (plus CoreDNS and pause), as OCI tars in `dir`.
-fn control_plane_images(dir: &Path) -> Result<Vec<PathBuf>> {
+fn control_plane_images(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let bins = build::kind_node_binaries()?;
     let etcd = build::hack_binary("etcd", ETCD_VERSION, "go.etcd.io/etcd/server/v3", "server")?;
     let cluster_images = build::cluster_images()?;
-    let mut tars = vec![cluster_images.pause_tar, cluster_images.coredns_tar];
-    let static_image = |name: &str, binary: PathBuf, file: &str| -> Result<PathBuf> {
+    for tar in [cluster_images.pause_tar, cluster_images.coredns_tar] {
+        std::fs::copy(&tar, dir.join(tar.file_name().unwrap()))?;
+    }
+    let static_image = |name: &str, binary: PathBuf, file: &str| -> Result<()> {
         let out = dir.join(format!("{file}.tar"));
         let entry = format!("/usr/local/bin/{file}");
         build_image_to(
@@ -291,23 +297,18 @@ fn control_plane_images(dir: &Path) -> Result<Vec<PathBuf>> {
             },
             &out,
         )?;
-        Ok(out)
+        Ok(())
     };
     for component in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
-        tars.push(static_image(
-            &format!("registry.k8s.io/{component}:{KUBE_VERSION}"),
-            bins.path(component),
-            component,
-        )?);
+        static_image(&format!("registry.k8s.io/{component}:{KUBE_VERSION}"), bins.path(component), component)?;
     }
-    tars.push(static_image(ETCD_IMAGE, etcd, "etcd")?);
-    tars.push(kube_proxy_image(dir, &bins.path("kube-proxy"))?);
-    Ok(tars)
+    static_image(ETCD_IMAGE, etcd, "etcd")?;
+    kube_proxy_image(dir, &bins.path("kube-proxy"))
 }
 
 /// kube-proxy with Debian's iptables (nf_tables backend), its extensions and libraries: what the
 /// upstream image's distroless-iptables base carries.
-fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<PathBuf> {
+fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<()> {
     let multi = PathBuf::from("/usr/sbin/xtables-nft-multi");
     let mut files = vec![(binary.to_path_buf(), "/usr/local/bin/kube-proxy".to_string(), 0o755)];
     // xtables-nft-multi acts on the name it is called by.
@@ -334,19 +335,20 @@ fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<PathBuf> {
         },
         &out,
     )?;
-    Ok(out)
+    Ok(())
 }
 
-/// Imports `images` into the containerd of a container of `base` (without unpacking, as kind's
-/// `build node-image` does, so no overlay mount is needed while building) and commits the result
-/// as [`NODE_IMAGE`] with kind's entrypoint.
-fn preload(sh: &Shell, base: &str, images: &[PathBuf]) -> Result<()> {
+/// Imports the image tars in `images` into the containerd of a container of `base` (without
+/// unpacking, as kind's `build node-image` does, so no overlay mount is needed while building)
+/// and commits the result as [`NODE_IMAGE`] with kind's entrypoint.
+fn preload(sh: &Shell, base: &str, images: &Path) -> Result<()> {
     let t = Instant::now();
     let name = "spawner-kind-node-build";
+    let mount = format!("{}:/kind-import:ro", images.display());
     let _ = cmd!(sh, "docker rm -f {name}").quiet().ignore_stdout().ignore_stderr().run();
     cmd!(
         sh,
-        "docker run -d --name {name} --privileged --tmpfs /run --tmpfs /tmp --entrypoint /bin/sleep {base} infinity"
+        "docker run -d --name {name} --privileged --tmpfs /run --tmpfs /tmp -v {mount} --entrypoint /bin/sleep {base} infinity"
     )
     .quiet()
     .ignore_stdout()
@@ -360,27 +362,22 @@ fn preload(sh: &Shell, base: &str, images: &[PathBuf]) -> Result<()> {
             .ignore_stdout()
             .run()
             .context("containerd did not start inside the node image")?;
-        for tar in images {
-            let file = tar.file_name().unwrap().to_string_lossy().into_owned();
-            cmd!(sh, "docker cp {tar} {name}:/tmp/{file}").quiet().run()?;
+        for tar in std::fs::read_dir(images)? {
+            let file = tar?.file_name().to_string_lossy().into_owned();
             cmd!(
                 sh,
-                "docker exec {name} ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests /tmp/{file}"
+                "docker exec {name} ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests /kind-import/{file}"
             )
             .quiet()
             .ignore_stdout()
             .run()
             .with_context(|| format!("importing {file} into the node image"))?;
-            cmd!(sh, "docker exec {name} rm /tmp/{file}").quiet().run()?;
         }
-        let stop = "pkill containerd; while pgrep containerd >/dev/null; do sleep 0.1; done";
+        let stop = "pkill -x containerd; while pgrep -x containerd >/dev/null; do sleep 0.1; done";
         cmd!(sh, "docker exec {name} sh -c {stop}").run()?;
-        // As kind's base image: its entrypoint prepares the container, then systemd runs.
-        let changes = [
-            r#"ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]"#,
-            "ENV container=docker",
-            "STOPSIGNAL SIGRTMIN+3",
-        ];
+        // As kind's base image: its entrypoint prepares the container, then systemd runs. (Its
+        // STOPSIGNAL cannot be set by a commit; kind removes nodes with `docker rm -f` anyway.)
+        let changes = [r#"ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]"#, "ENV container=docker"];
         let changes: Vec<String> = changes.iter().flat_map(|c| ["--change".to_string(), c.to_string()]).collect();
         cmd!(sh, "docker commit {changes...} {name} {NODE_IMAGE}").quiet().ignore_stdout().run()?;
         Ok(())
@@ -494,9 +491,32 @@ EOF
 done
 "#;
 
-/// kind applies this file as the cluster's CNI; the pod network here is the node unit above, so
-/// the manifest only records that.
+/// kind applies this file as the cluster's CNI. The pod network is the node unit above; it reads
+/// the Node objects with the kubelet's credentials, and the Node authorizer lets a kubelet read
+/// only its own Node, so the manifest grants the nodes' group exactly that: reading Nodes.
 const DEFAULT_CNI_MANIFEST: &str = r#"# Written by `cargo xtask kind node-image`.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: spawner-node-network
+rules:
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: spawner-node-network
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: spawner-node-network
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
+---
 apiVersion: v1
 kind: ConfigMap
 metadata:
