@@ -70,15 +70,21 @@ fn answers(host: Option<&str>) -> bool {
     c.status().is_ok_and(|s| s.success())
 }
 
-/// The engine to use, starting ours if nothing answers. Idempotent.
-pub fn up() -> Result<Engine> {
+/// The engine in use (ours, else the environment's), if one answers; starts nothing.
+pub fn find() -> Result<Option<Engine>> {
     let layout = layout()?;
     if proc::running(&layout, "dockerd").is_some() && answers(Some(&own_host())) {
-        return Ok(Engine { host: Some(own_host()) });
+        return Ok(Some(Engine { host: Some(own_host()) }));
     }
-    if answers(None) {
-        return Ok(Engine { host: None });
+    Ok(answers(None).then_some(Engine { host: None }))
+}
+
+/// The engine to use, starting ours if nothing answers. Idempotent.
+pub fn up() -> Result<Engine> {
+    if let Some(engine) = find()? {
+        return Ok(engine);
     }
+    let layout = layout()?;
     crate::deps::ensure()?;
     let started = Instant::now();
     let data = layout.root.join("data");

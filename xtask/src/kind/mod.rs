@@ -18,6 +18,36 @@ use crate::cluster::{build, cache_root};
 use crate::docker::Engine;
 
 pub const KIND_VERSION: &str = "v0.33.0";
+/// kind's own node image for Kubernetes 1.34 built for [`KIND_VERSION`] (from its release
+/// notes), pinned by digest: used where Docker has it or can pull it — with
+/// `SPAWNER_KIND_NODE_IMAGE=stock` — instead of the image assembled here.
+pub const STOCK_NODE_IMAGE: &str =
+    "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d";
+
+/// Which node image a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeImage {
+    /// Assembled here from the package registries ([`node_image`]).
+    Offline,
+    /// kind's published image ([`STOCK_NODE_IMAGE`]).
+    Stock,
+}
+
+/// The stock image when asked for (`SPAWNER_KIND_NODE_IMAGE=stock`) or already present; else the
+/// offline one. Nothing is pulled unasked: on a machine without a registry a pull only fails.
+fn choose_node_image(engine: &Engine) -> Result<(NodeImage, String)> {
+    let asked = std::env::var("SPAWNER_KIND_NODE_IMAGE").unwrap_or_default();
+    let sh = engine.shell()?;
+    let present =
+        cmd!(sh, "docker image inspect {STOCK_NODE_IMAGE}").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    match asked.as_str() {
+        "stock" => Ok((NodeImage::Stock, STOCK_NODE_IMAGE.to_string())),
+        "offline" => Ok((NodeImage::Offline, node_image::ensure(engine)?)),
+        "" if present => Ok((NodeImage::Stock, STOCK_NODE_IMAGE.to_string())),
+        "" => Ok((NodeImage::Offline, node_image::ensure(engine)?)),
+        other => anyhow::bail!("SPAWNER_KIND_NODE_IMAGE={other}: expected stock or offline"),
+    }
+}
 
 /// What `up` creates.
 #[derive(Debug, Clone)]
@@ -85,9 +115,9 @@ pub fn up(opts: &Options) -> Result<Kind> {
     let kubeconfig = dir.join(format!("{name}.kubeconfig"));
     let clusters = cmd!(sh, "{kind} get clusters").quiet().ignore_stderr().read()?;
     if !clusters.lines().any(|l| l == name) {
-        let image = node_image::ensure(&engine)?;
+        let (which, image) = choose_node_image(&engine)?;
         let config = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config, cluster_config(opts))?;
+        std::fs::write(&config, cluster_config(opts, which))?;
         println!("==> kind create cluster --name {name} (1 control plane, {} workers)", opts.workers);
         let t = Instant::now();
         cmd!(sh, "{kind} create cluster --name {name} --image {image} --config {config} --kubeconfig {kubeconfig} --retain")
@@ -109,9 +139,13 @@ pub fn up(opts: &Options) -> Result<Kind> {
     Ok(Kind { name: name.clone(), kubeconfig, engine, kind, base_url: format!("http://127.0.0.1:{}", opts.host_port) })
 }
 
-/// Deletes the cluster (its node containers and network).
+/// Deletes the cluster (its node containers and network); with no Docker engine running there is
+/// nothing to delete.
 pub fn down(name: &str) -> Result<()> {
-    let engine = crate::docker::up()?;
+    let Some(engine) = crate::docker::find()? else {
+        println!("no Docker engine runs: no kind cluster to delete");
+        return Ok(());
+    };
     let kind = binary()?;
     let sh = engine.shell()?;
     cmd!(sh, "{kind} delete cluster --name {name}").run()?;
@@ -135,8 +169,8 @@ impl Kind {
 }
 
 /// kind's cluster config: nodes, the proxy's port mapping, kube-proxy in iptables mode (as with
-/// kind's defaults), and CoreDNS from our image.
-fn cluster_config(opts: &Options) -> String {
+/// kind's defaults), and on the offline image CoreDNS from our image.
+fn cluster_config(opts: &Options, image: NodeImage) -> String {
     let mut out = format!(
         "# Written by `cargo xtask kind up`.\n\
          kind: Cluster\n\
@@ -150,11 +184,13 @@ fn cluster_config(opts: &Options) -> String {
     for _ in 0..opts.workers {
         out.push_str("- role: worker\n");
     }
-    let (repo, tag) = build::COREDNS_IMAGE.rsplit_once(':').unwrap_or((build::COREDNS_IMAGE, "latest"));
-    let repo = repo.trim_end_matches("/coredns");
-    out.push_str(&format!(
-        "kubeadmConfigPatches:\n- |\n  kind: ClusterConfiguration\n  dns:\n    imageRepository: {repo}\n    imageTag: {tag}\n"
-    ));
+    if image == NodeImage::Offline {
+        let (repo, tag) = build::COREDNS_IMAGE.rsplit_once(':').unwrap_or((build::COREDNS_IMAGE, "latest"));
+        let repo = repo.trim_end_matches("/coredns");
+        out.push_str(&format!(
+            "kubeadmConfigPatches:\n- |\n  kind: ClusterConfiguration\n  dns:\n    imageRepository: {repo}\n    imageTag: {tag}\n"
+        ));
+    }
     out
 }
 
@@ -162,7 +198,8 @@ fn cluster_config(opts: &Options) -> String {
 mod tests {
     #[test]
     fn the_cluster_config_maps_the_proxy_and_adds_workers() {
-        let config = super::cluster_config(&super::Options { name: "t".into(), workers: 2, host_port: 31080 });
+        let opts = super::Options { name: "t".into(), workers: 2, host_port: 31080 };
+        let config = super::cluster_config(&opts, super::NodeImage::Offline);
         let parsed: serde_yaml::Value = serde_yaml::from_str(&config).unwrap();
         let nodes = parsed["nodes"].as_sequence().unwrap();
         assert_eq!(nodes.len(), 3);
@@ -172,5 +209,8 @@ mod tests {
         let patch: serde_yaml::Value =
             serde_yaml::from_str(parsed["kubeadmConfigPatches"][0].as_str().unwrap()).unwrap();
         assert_eq!(patch["dns"]["imageRepository"], "spawner.local");
+        // kind's own image brings its own CoreDNS.
+        let stock = super::cluster_config(&opts, super::NodeImage::Stock);
+        assert!(!stock.contains("kubeadmConfigPatches"), "{stock}");
     }
 }

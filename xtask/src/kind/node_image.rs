@@ -37,7 +37,7 @@ use crate::docker::Engine;
 use crate::oci::{ImageSpec, build_image_to};
 
 /// The node image. Bump the suffix whenever what goes into it changes.
-pub const NODE_IMAGE: &str = "spawner.local/kind-node:v1.34.4-spawner.2";
+pub const NODE_IMAGE: &str = "spawner.local/kind-node:v1.34.4-spawner.4";
 /// Debian release and packages of the root filesystem (bump the key when the list changes).
 const ROOTFS_KEY: &str = "bookworm-1";
 const SUITE: &str = "bookworm";
@@ -84,24 +84,20 @@ pub fn ensure(engine: &Engine) -> Result<String> {
 
     let images = work.join("images");
     control_plane_images(&images)?;
-    // The base (root filesystem and node files, before the images) is kept until the node image
-    // is done, so a failed pre-load does not redo it.
-    let base = format!("{NODE_IMAGE}-base");
-    if cmd!(sh, "docker image inspect {base}").quiet().ignore_stdout().ignore_stderr().run().is_err() {
-        let rootfs = rootfs()?;
-        let layer = work.join("rootfs.tar");
-        println!("    node files");
-        let tree = work.join("rootfs");
-        cmd!(sh, "cp -a {rootfs} {tree}").run()?;
-        node_files(&sh, &tree)?;
-        cmd!(sh, "tar -C {tree} --numeric-owner -cf {layer} .").run()?;
-        println!("    docker import ({:.1?})", started.elapsed());
-        cmd!(sh, "docker import {layer} {base}").quiet().ignore_stdout().run()?;
-        std::fs::remove_dir_all(&tree).ok();
-        std::fs::remove_file(&layer).ok();
-    }
-    preload(&sh, &base, &images)?;
-    cmd!(sh, "docker image rm {base}").quiet().ignore_stdout().run()?;
+    let rootfs = rootfs()?;
+    let tree = work.join("rootfs");
+    cmd!(sh, "cp -a {rootfs} {tree}").run()?;
+    println!("    node files");
+    node_files(&sh, &tree)?;
+    preload(&work, &tree, &images)?;
+    let layer = work.join("rootfs.tar");
+    cmd!(sh, "tar -C {tree} --numeric-owner -cf {layer} .").run()?;
+    println!("    docker import ({:.1?})", started.elapsed());
+    // As kind's base image: its entrypoint prepares the container, then systemd runs. (Its
+    // STOPSIGNAL cannot be set by an import; kind removes nodes with `docker rm -f` anyway.)
+    let changes = [r#"ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]"#, "ENV container=docker"];
+    let changes: Vec<String> = changes.iter().flat_map(|c| ["--change".to_string(), c.to_string()]).collect();
+    cmd!(sh, "docker import {changes...} {layer} {NODE_IMAGE}").quiet().ignore_stdout().run()?;
     std::fs::remove_dir_all(&work).ok();
     println!("    {NODE_IMAGE} built in {:.1?}", started.elapsed());
     Ok(NODE_IMAGE.to_string())
@@ -316,12 +312,17 @@ fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<()> {
         files.push((multi.clone(), format!("/usr/sbin/{name}"), 0o755));
     }
     files.extend(crate::images::shared_libraries(&multi)?);
+    // The extensions are loaded at run time (ldd of the binary does not list them), and some
+    // need libraries of their own (libxt_statistic: libm).
     let extensions = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
     for e in std::fs::read_dir(extensions).with_context(|| format!("reading {}", extensions.display()))? {
         let path = e?.path();
+        files.extend(crate::images::shared_libraries(&path)?);
         let inside = path.display().to_string();
         files.push((path, inside, 0o644));
     }
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|(_, inside, _)| seen.insert(inside.clone()));
     let out = dir.join("kube-proxy.tar");
     build_image_to(
         &ImageSpec {
@@ -338,51 +339,61 @@ fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Imports the image tars in `images` into the containerd of a container of `base` (without
-/// unpacking, as kind's `build node-image` does, so no overlay mount is needed while building)
-/// and commits the result as [`NODE_IMAGE`] with kind's entrypoint.
-fn preload(sh: &Shell, base: &str, images: &Path) -> Result<()> {
+/// Imports the image tars in `images` into the node's containerd store (`tree`'s
+/// /var/lib/containerd) with this machine's containerd — the same Debian build the node runs —
+/// started on that store for the purpose. Images are imported without unpacking, as kind's
+/// `build node-image` does; the node's containerd unpacks them when a pod first uses them.
+fn preload(work: &Path, tree: &Path, images: &Path) -> Result<()> {
     let t = Instant::now();
-    let name = "spawner-kind-node-build";
-    let mount = format!("{}:/kind-import:ro", images.display());
-    let _ = cmd!(sh, "docker rm -f {name}").quiet().ignore_stdout().ignore_stderr().run();
-    cmd!(
-        sh,
-        "docker run -d --name {name} --privileged --tmpfs /run --tmpfs /tmp -v {mount} --entrypoint /bin/sleep {base} infinity"
-    )
-    .quiet()
-    .ignore_stdout()
-    .run()?;
+    let state = work.join("containerd-state");
+    let socket = state.join("containerd.sock");
+    std::fs::create_dir_all(&state)?;
+    let config = work.join("containerd-preload.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+            tree.join("var/lib/containerd").display(),
+            state.display(),
+            socket.display()
+        ),
+    )?;
+    let log = std::fs::File::create(work.join("containerd-preload.log"))?;
+    let mut containerd = std::process::Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting containerd to pre-load the node's images")?;
     let result = (|| -> Result<()> {
-        let start = "containerd > /tmp/containerd.log 2>&1 &";
-        cmd!(sh, "docker exec {name} sh -c {start}").run()?;
-        let wait = "for i in $(seq 100); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done; cat /tmp/containerd.log; exit 1";
-        cmd!(sh, "docker exec {name} sh -c {wait}")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .context("containerd did not start inside the node image")?;
+        let sh = Shell::new()?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while cmd!(sh, "ctr --address {socket} version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "containerd did not answer on {}; log {}",
+                    socket.display(),
+                    work.join("containerd-preload.log").display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         for tar in std::fs::read_dir(images)? {
-            let file = tar?.file_name().to_string_lossy().into_owned();
+            let tar = tar?.path();
             cmd!(
                 sh,
-                "docker exec {name} ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests /kind-import/{file}"
+                "ctr --address {socket} --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests {tar}"
             )
             .quiet()
             .ignore_stdout()
             .run()
-            .with_context(|| format!("importing {file} into the node image"))?;
+            .with_context(|| format!("importing {} into the node image", tar.display()))?;
         }
-        let stop = "pkill -x containerd; while pgrep -x containerd >/dev/null; do sleep 0.1; done";
-        cmd!(sh, "docker exec {name} sh -c {stop}").run()?;
-        // As kind's base image: its entrypoint prepares the container, then systemd runs. (Its
-        // STOPSIGNAL cannot be set by a commit; kind removes nodes with `docker rm -f` anyway.)
-        let changes = [r#"ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]"#, "ENV container=docker"];
-        let changes: Vec<String> = changes.iter().flat_map(|c| ["--change".to_string(), c.to_string()]).collect();
-        cmd!(sh, "docker commit {changes...} {name} {NODE_IMAGE}").quiet().ignore_stdout().run()?;
         Ok(())
     })();
-    let _ = cmd!(sh, "docker rm -f {name}").quiet().ignore_stdout().ignore_stderr().run();
+    crate::cluster::proc::signal(containerd.id(), "TERM");
+    let _ = containerd.wait();
     result?;
     println!("    images pre-loaded in {:.1?}", t.elapsed());
     Ok(())
@@ -457,9 +468,10 @@ kubeconfig=/etc/kubernetes/kubelet.conf
 me=$(hostname)
 while :; do
   if [ -f "$kubeconfig" ]; then
-    kubectl --kubeconfig "$kubeconfig" get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null |
-    while read -r name cidr address; do
-      [ -n "${cidr:-}" ] || continue
+    kubectl --kubeconfig "$kubeconfig" get nodes -o jsonpath='{range .items[*]}{.metadata.name}|{.spec.podCIDR}|{.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null |
+    while IFS='|' read -r name cidr address; do
+      # A node's pod CIDR is empty until the controller manager has allocated it.
+      case "${cidr:-}" in */*) ;; *) continue ;; esac
       if [ "$name" = "$me" ]; then
         if [ ! -f "$conf" ]; then
           cat > "$conf.tmp" <<EOF
