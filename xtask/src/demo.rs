@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 /// Creates a drop-four backend with the `spawner` CLI, waits until it is Ready and its page is
 /// served through the reverse proxy, and returns its URL (with the token).
 pub fn create(kubeconfig: &Path) -> Result<String> {
-    let cli = crate::project_root().join("target/release/spawner");
+    let cli = crate::target_dir().join("release/spawner");
     println!("==> spawner create --image {} --wait", spawner::names::image("demo-drop-four"));
     let out = Command::new(&cli)
         .args(["--namespace", "default", "create", "--generate-name", "drop-four-"])

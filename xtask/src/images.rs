@@ -72,8 +72,8 @@ pub fn build() -> Result<Vec<Built>> {
     let mut tars = Vec::new();
     let binaries = RUST_IMAGES
         .iter()
-        .map(|(c, b)| (c, root.join("target/release").join(b)))
-        .chain(TEST_IMAGES.iter().map(|(c, b)| (c, root.join("target/release/examples").join(b))));
+        .map(|(c, b)| (c, crate::target_dir().join("release").join(b)))
+        .chain(TEST_IMAGES.iter().map(|(c, b)| (c, crate::target_dir().join("release/examples").join(b))));
     for (component, binary) in binaries {
         let bin = binary.file_name().unwrap().to_string_lossy().into_owned();
         let entry = format!("/usr/local/bin/{bin}");

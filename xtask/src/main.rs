@@ -165,6 +165,11 @@ impl Command {
     }
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` of the repository).
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| project_root().join("target"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The one preparation step every entry point shares: Debian's packages, installed once when

@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ pub fn run(args: &Args) -> Result<()> {
             .context("running cargo build")?;
         ensure!(status.success(), "cargo build --release failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = crate::target_dir();
     let sidecar_bin = target.join("release/spawner-sidecar");
     let app_bin = target.join("release/examples/spawner-testapp");
 

@@ -196,7 +196,7 @@ fn build_release(root: &Path) -> Result<Binaries> {
         .context("running cargo build")?;
     ensure!(status.success(), "cargo build --release failed");
     println!("built in {:.0?}", started.elapsed());
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = crate::target_dir();
     Ok(Binaries { sidecar: target.join("release/spawner-sidecar"), sweeper: target.join("release/spawner-sweeper") })
 }
 
