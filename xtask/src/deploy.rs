@@ -37,14 +37,14 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
             }
             let kind = crate::kind::up(&crate::kind::Options::default())?;
             println!("==> images");
-            let built = crate::images::build()?;
+            let built = crate::images::build(false)?;
             kind.load(&built.iter().map(|b| b.path.clone()).collect::<Vec<_>>())?;
             (kind.kubeconfig.clone(), built.iter().map(Pinned::of).collect(), kind.base_url)
         }
         Target::Auto | Target::Local => {
             crate::cluster::up(&crate::cluster::UpOptions::default())?;
             println!("==> images");
-            let images = crate::images::build_and_load()?;
+            let images = crate::images::build_and_load(false)?;
             (crate::cluster::kubeconfig_path(), images, crate::manifests::PROXY_BASE_URL.to_string())
         }
     };
@@ -62,7 +62,7 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
 /// `cargo xtask deploy --kubeconfig K`: config/default on a cluster whose nodes already hold
 /// the images (the test harness's kind cluster loads them itself).
 pub fn existing(kubeconfig: &PathBuf, base_url: &str, demo: bool) -> Result<()> {
-    let images: Vec<Pinned> = crate::images::build()?.iter().map(Pinned::of).collect();
+    let images: Vec<Pinned> = crate::images::build(false)?.iter().map(Pinned::of).collect();
     apply_default(kubeconfig, &images, base_url)?;
     if demo {
         println!("{}", crate::demo::create(kubeconfig)?);

@@ -46,24 +46,26 @@ impl Pinned {
     }
 }
 
-/// Builds every image; returns what was written.
-pub fn build() -> Result<Vec<Built>> {
+/// Builds Spawner's images, and with `test_images` those only the tests use; returns what was
+/// written.
+pub fn build(test_images: bool) -> Result<Vec<Built>> {
     let root = crate::project_root();
     let started = Instant::now();
     println!("==> cargo build --release (the binaries in the images)");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.current_dir(&root).args(["build", "--release", "--package", "spawner"]);
-    for (_, bin) in RUST_IMAGES {
-        cargo.args(["--bin", bin]);
-    }
-    // The CLI is not an image, but `deploy` runs it to create the demo backend.
-    cargo.args(["--bin", "spawner"]);
-    for (_, example) in TEST_IMAGES {
-        cargo.args(["--example", example]);
-    }
-    let status = cargo.status().context("running cargo build --release")?;
-    if !status.success() {
-        bail!("cargo build --release failed ({status})");
+    // The test images are examples, which link the dev-dependencies: built together with the
+    // binaries, those dependencies' features would be unified into the binaries (larger images,
+    // a longer build). So: a build of their own, and none for `deploy`.
+    let test_images = if test_images { TEST_IMAGES } else { &[] };
+    let bins = RUST_IMAGES.iter().map(|(_, bin)| bin).chain(&["spawner"]).flat_map(|bin| ["--bin", bin]);
+    let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
+    let builds = [bins.collect::<Vec<_>>(), examples.collect()];
+    for targets in builds.into_iter().filter(|targets| !targets.is_empty()) {
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.current_dir(&root).args(["build", "--release", "--package", "spawner"]).args(targets);
+        let status = cargo.status().context("running cargo build --release")?;
+        if !status.success() {
+            bail!("cargo build --release failed ({status})");
+        }
     }
     println!("    built in {:.1?}", started.elapsed());
 
@@ -73,7 +75,7 @@ pub fn build() -> Result<Vec<Built>> {
     let binaries = RUST_IMAGES
         .iter()
         .map(|(c, b)| (c, crate::target_dir().join("release").join(b)))
-        .chain(TEST_IMAGES.iter().map(|(c, b)| (c, crate::target_dir().join("release/examples").join(b))));
+        .chain(test_images.iter().map(|(c, b)| (c, crate::target_dir().join("release/examples").join(b))));
     for (component, binary) in binaries {
         let bin = binary.file_name().unwrap().to_string_lossy().into_owned();
         let entry = format!("/usr/local/bin/{bin}");
@@ -97,8 +99,8 @@ pub fn build() -> Result<Vec<Built>> {
 
 /// Builds the images and loads them into the local cluster's containerd, each under its
 /// release tag and its content tag; returns the content references.
-pub fn build_and_load() -> Result<Vec<Pinned>> {
-    let built = build()?;
+pub fn build_and_load(test_images: bool) -> Result<Vec<Pinned>> {
+    let built = build(test_images)?;
     load_local(&built)?;
     Ok(built.iter().map(Pinned::of).collect())
 }

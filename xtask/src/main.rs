@@ -187,9 +187,9 @@ fn main() -> ExitCode {
         },
         Command::Images { no_load } => {
             if no_load {
-                images::build().map(|_| ())
+                images::build(true).map(|_| ())
             } else {
-                cluster::up(&cluster::UpOptions::default()).and_then(|()| images::build_and_load()).map(drop)
+                cluster::up(&cluster::UpOptions::default()).and_then(|()| images::build_and_load(true)).map(drop)
             }
         }
         Command::Deploy { no_demo, kubeconfig: Some(kubeconfig), base_url, .. } => {

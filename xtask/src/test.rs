@@ -40,7 +40,7 @@ pub fn run(opts: Options) -> Result<()> {
     step("local cluster", || crate::cluster::up(&crate::cluster::UpOptions::default()))?;
     let mut built = Vec::new();
     if !opts.no_deploy {
-        step("images", || crate::images::build().map(|b| built = b))?;
+        step("images", || crate::images::build(true).map(|b| built = b))?;
         step("load the images into the local cluster", || crate::images::load_local(&built))?;
     }
     let images: Vec<crate::images::Pinned> = built.iter().map(crate::images::Pinned::of).collect();
