@@ -147,7 +147,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     step("kube-controller-manager", || control_plane::controller_manager(&layout, &bins))?;
     step("kube-scheduler", || control_plane::scheduler(&layout, &bins))?;
     if opts.node {
-        let images = step("images: pause, coredns (cached)", || build::cluster_images())?;
+        let images = step("images: pause, coredns (cached)", build::cluster_images)?;
         step("containerd", || node::containerd(&layout, &images))?;
         step("kubelet (node Ready)", || node::kubelet(&layout, &bins))?;
         step("kube-proxy", || node::kube_proxy(&layout, &bins))?;

@@ -94,10 +94,11 @@ pub fn module_dir() -> Result<PathBuf> {
 /// The kind CLI: one on PATH if it is [`KIND_VERSION`], else our build.
 pub fn binary() -> Result<PathBuf> {
     let on_path = std::process::Command::new("kind").arg("version").output();
-    if let Ok(out) = on_path {
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("kind {KIND_VERSION} ")) {
-            return Ok(PathBuf::from("kind"));
-        }
+    if let Ok(out) = on_path
+        && out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains(&format!("kind {KIND_VERSION} "))
+    {
+        return Ok(PathBuf::from("kind"));
     }
     build::hack_binary("kind", KIND_VERSION, "sigs.k8s.io/kind", "kind")
 }

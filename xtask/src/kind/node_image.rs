@@ -151,18 +151,19 @@ fn debian_mirror() -> Result<String> {
             if !suites.split_whitespace().any(|s| s == SUITE) {
                 continue;
             }
-            if let Some(uri) = stanza.lines().find_map(|l| l.strip_prefix("URIs:")) {
-                if let Some(uri) = uri.split_whitespace().next() {
-                    return Ok(uri.to_string());
-                }
+            if let Some(uri) = stanza.lines().find_map(|l| l.strip_prefix("URIs:"))
+                && let Some(uri) = uri.split_whitespace().next()
+            {
+                return Ok(uri.to_string());
             }
         }
         for line in text.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
-            if words.first() == Some(&"deb") && words.iter().any(|w| *w == SUITE) {
-                if let Some(uri) = words.iter().find(|w| w.contains("://")) {
-                    return Ok(uri.to_string());
-                }
+            if words.first() == Some(&"deb")
+                && words.contains(&SUITE)
+                && let Some(uri) = words.iter().find(|w| w.contains("://"))
+            {
+                return Ok(uri.to_string());
             }
         }
     }
