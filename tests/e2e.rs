@@ -60,32 +60,13 @@ async fn get(host: &str, port: u16, path: &str) -> (u16, HashMap<String, String>
     (status, headers, body.to_owned())
 }
 
-async fn next_of_type<S>(socket: &mut S, kind: &str) -> Value
-where
-    S: StreamExt<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind} message within 30 s"))
-            .expect("socket open")
-            .expect("socket healthy");
-        if let Message::Text(text) = frame {
-            let value: Value = serde_json::from_str(&text).unwrap();
-            if value["type"] == kind {
-                return value;
-            }
-        }
-    }
-}
-
 async fn state_where<S>(socket: &mut S, what: &str, check: impl Fn(&Value) -> bool) -> Value
 where
     S: StreamExt<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state = next_of_type(socket, "state").await;
+        let state = support::next_of_type(socket, "state").await;
         if check(&state) {
             return state;
         }
@@ -113,7 +94,7 @@ async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_t
     let ws_url = format!("ws://{host}:{port}{path}ws?token={token}");
     let mut red = support::first_websocket(&ws_url, Duration::from_secs(GRACE_SECONDS - 5)).await;
     red.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
-    assert_eq!(next_of_type(&mut red, "welcome").await["role"], "red");
+    assert_eq!(support::next_of_type(&mut red, "welcome").await["role"], "red");
 
     // The page itself, with the token, through the proxy at exactly status.url.
     let (status, _, body) = get(&host, port, &format!("{path}?token={token}")).await;
@@ -142,14 +123,14 @@ async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_t
     // Second player; moves go both ways.
     let (mut yellow, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
     yellow.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
-    assert_eq!(next_of_type(&mut yellow, "welcome").await["role"], "yellow");
+    assert_eq!(support::next_of_type(&mut yellow, "welcome").await["role"], "yellow");
     red.send(Message::text(r#"{"type":"move","column":3}"#)).await.unwrap();
     state_where(&mut yellow, "red's disc seen by yellow", |s| s["board"][5][3] == "red" && s["turn"] == "yellow").await;
     yellow.send(Message::text(r#"{"type":"move","column":3}"#)).await.unwrap();
     state_where(&mut red, "yellow's disc seen by red", |s| s["board"][4][3] == "yellow" && s["turn"] == "red").await;
     // Out of turn: only the sender hears about it.
     yellow.send(Message::text(r#"{"type":"move","column":0}"#)).await.unwrap();
-    assert_eq!(next_of_type(&mut yellow, "error").await["message"], "it is not your turn");
+    assert_eq!(support::next_of_type(&mut yellow, "error").await["message"], "it is not your turn");
 
     // Both leave; the sweeper deletes the backend once it has been idle for the grace period.
     red.close(None).await.unwrap();

@@ -51,7 +51,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut result = step("cargo test (unit and integration)", || {
         let mut args = vec!["test", "--workspace"];
         args.extend(&extra);
-        args.extend(["--", "--skip", "e2e_"]);
+        args.extend(["--", "--skip", "e2e_", "--skip", THROWAWAY_KIND_TEST]);
         cargo_test(&args, &mut tally)
     });
     if result.is_ok() && !opts.no_deploy {
@@ -85,6 +85,15 @@ fn kind_phase(
     extra: &[&str],
     tally: &mut Tally,
 ) -> Result<()> {
+    // First the throwaway cluster of tests/kind.rs (node containers through testcontainers,
+    // removed when the test ends), so that two clusters never share the machine's two cores.
+    let engine = crate::docker::up()?;
+    step("cargo test (kind via testcontainers)", || {
+        let mut args = vec!["test", "--workspace", "--test", "kind"];
+        args.extend(extra);
+        args.push(THROWAWAY_KIND_TEST);
+        cargo_test_with(&args, &engine.env(), tally)
+    })?;
     let mut kind = None;
     step("kind cluster spawner-e2e (two nodes)", || {
         let cluster =
@@ -107,6 +116,8 @@ fn kind_phase(
 
 /// The kind cluster of the end-to-end phase (the tests' harness names it too).
 const KIND_CLUSTER: &str = "spawner-e2e";
+/// tests/kind.rs: builds its own cluster, so it runs in the kind phase only.
+const THROWAWAY_KIND_TEST: &str = "kind_a_throwaway_two_node_cluster";
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let t = Instant::now();
