@@ -9,61 +9,30 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::wait::{Condition, conditions};
+use kube::runtime::wait::conditions;
 use kube::runtime::{WatchStreamExt, watcher};
-use support::TestEnv;
+use support::{TestEnv, netcheck};
 
-const NETCHECK: &str = "localhost/spawner/netcheck:0.1.0";
-
-fn pod(name: &str, image: &str, args: &[&str], labels: serde_json::Value) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "main",
-                "image": image,
-                "imagePullPolicy": "Never",
-                "args": args,
-                "env": [{"name": "PORT", "value": "8080"}],
-                "readinessProbe": if args.first() == Some(&"serve") {
-                    serde_json::json!({"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1})
-                } else {
-                    serde_json::Value::Null
-                },
-            }],
-        },
-    }))
-    .unwrap()
+fn pod(name: &str, args: &[&str], labels: serde_json::Value) -> Pod {
+    netcheck::pod(name, args, labels, None)
 }
 
-fn pod_finished() -> impl Condition<Pod> {
-    |pod: Option<&Pod>| {
-        pod.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Succeeded" || p == "Failed")
-    }
+/// A `serve` pod of another image.
+fn pod_of_image(name: &str, image: &str) -> Pod {
+    let mut pod = pod(name, &["serve"], serde_json::json!({}));
+    pod.spec.as_mut().unwrap().containers[0].image = Some(image.to_string());
+    pod
 }
 
 async fn run_to_completion(env: &TestEnv, name: &str, args: &[&str]) -> String {
-    let pods = env.api::<Pod>();
-    pods.create(&PostParams::default(), &pod(name, NETCHECK, args, serde_json::json!({}))).await.unwrap();
-    let done = support::wait_for(&pods, name, pod_finished(), Duration::from_secs(90)).await.unwrap();
-    let phase = done.status.unwrap().phase.unwrap();
-    let logs = pods.logs(name, &Default::default()).await.unwrap_or_default();
-    assert_eq!(phase, "Succeeded", "{name} ({}) failed; logs:\n{logs}", args.join(" "));
-    logs
+    netcheck::run_to_completion(env, pod(name, args, serde_json::json!({}))).await
 }
 
 #[tokio::test]
 async fn pods_from_local_images_reach_each_other_by_cluster_ip_and_dns() {
     let env = TestEnv::new("node-network").await;
     let pods = env.api::<Pod>();
-    pods.create(&PostParams::default(), &pod("web", NETCHECK, &["serve"], serde_json::json!({"app": "web"})))
-        .await
-        .unwrap();
+    pods.create(&PostParams::default(), &pod("web", &["serve"], serde_json::json!({"app": "web"}))).await.unwrap();
     support::wait_for(&pods, "web", conditions::is_pod_running(), Duration::from_secs(90)).await;
 
     let service: Service = serde_json::from_value(serde_json::json!({
@@ -87,10 +56,7 @@ async fn pods_from_local_images_reach_each_other_by_cluster_ip_and_dns() {
 async fn a_pod_with_a_missing_image_fails_with_an_event_naming_it() {
     let env = TestEnv::new("node-bad-image").await;
     let image = "localhost/spawner/does-not-exist:0.0.0";
-    env.api::<Pod>()
-        .create(&PostParams::default(), &pod("bad", image, &["serve"], serde_json::json!({})))
-        .await
-        .unwrap();
+    env.api::<Pod>().create(&PostParams::default(), &pod_of_image("bad", image)).await.unwrap();
     let events = watcher(env.api::<Event>(), watcher::Config::default().fields("involvedObject.name=bad"))
         .applied_objects()
         .try_filter(|e| std::future::ready(e.reason.as_deref() == Some("ErrImageNeverPull")));
@@ -106,7 +72,7 @@ async fn a_pod_with_a_missing_image_fails_with_an_event_naming_it() {
 async fn deleting_a_namespace_removes_its_pods() {
     let env = TestEnv::new("node-ns-delete").await;
     let pods = env.api::<Pod>();
-    pods.create(&PostParams::default(), &pod("web", NETCHECK, &["serve"], serde_json::json!({}))).await.unwrap();
+    pods.create(&PostParams::default(), &pod("web", &["serve"], serde_json::json!({}))).await.unwrap();
     support::wait_for(&pods, "web", conditions::is_pod_running(), Duration::from_secs(90)).await;
     let namespaces = Api::<Namespace>::all(env.client.clone());
     let uid = namespaces.get(&env.namespace).await.unwrap().metadata.uid.unwrap();

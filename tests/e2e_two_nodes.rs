@@ -3,6 +3,7 @@
 //! node; these tests pin backends to each node and check that each node's sweeper sweeps exactly
 //! its own, that losing one node's sweeper costs neither node any idle time, and that losing the
 //! controller while backends start on both nodes leaves exactly one Pod and one Service each.
+//! First of all, the cluster's network enforces NetworkPolicy, on a node and across nodes.
 //!
 //! They need two schedulable nodes and fail with the reason elsewhere (`cargo xtask test` runs
 //! them only on kind: `SPAWNER_TEST_CLUSTER=kind`).
@@ -14,12 +15,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::conditions;
 use kube::{Api, ResourceExt};
 use spawner::crd::SessionLivedBackend;
 use spawner::names;
-use support::TestEnv;
+use support::{TestEnv, netcheck};
 use tokio::time::Instant;
 
 /// The schedulable nodes (no NoSchedule taint), sorted by name; fails unless there are two.
@@ -91,6 +93,49 @@ async fn swept_by(env: &TestEnv, backend: &SessionLivedBackend) -> String {
 
 fn node_of(backend: &SessionLivedBackend) -> String {
     backend.status.as_ref().and_then(|s| s.node_name.clone()).expect("a Ready backend has a node")
+}
+
+#[tokio::test]
+async fn e2e_on_two_nodes_network_policy_is_enforced_on_a_node_and_across_nodes() {
+    let env = TestEnv::new("two-nodes-policy").await;
+    let [first, second] = two_nodes(&env).await;
+    let pods = env.api::<Pod>();
+    let web = netcheck::pod("web", &["serve"], serde_json::json!({"app": "web"}), Some(&first));
+    pods.create(&PostParams::default(), &web).await.unwrap();
+    let web = support::wait_for(&pods, "web", netcheck::ready(), Duration::from_secs(90)).await.unwrap();
+    let url = format!("http://{}:8080/", web.status.and_then(|s| s.pod_ip).expect("a Ready pod has an IP"));
+
+    let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-only-from-friends"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}], "ports": [{"port": 8080}]}],
+        },
+    }))
+    .unwrap();
+    env.api::<NetworkPolicy>().create(&PostParams::default(), &policy).await.unwrap();
+
+    // From the server's node (bridged traffic) and from the other node (routed traffic).
+    let client = |name: String, role: &str, args: &[&str], node: &str| {
+        netcheck::pod(&name, args, serde_json::json!({"role": role}), Some(node))
+    };
+    let mut checks = Vec::new();
+    for (place, node) in [("same-node", &first), ("other-node", &second)] {
+        let friend = client(format!("friend-{place}"), "friend", &["get", &url, "60"], node);
+        let stranger = client(format!("stranger-{place}"), "stranger", &["blocked", &url, "3"], node);
+        checks.push(netcheck::run_to_completion(&env, friend));
+        checks.push(netcheck::run_to_completion(&env, stranger));
+    }
+    for log in futures::future::join_all(checks).await {
+        assert!(log.contains("hello from web") || log.contains("blocked"), "{log}");
+    }
+
+    // Without the policy, the same stranger gets through: it was the policy that stopped it.
+    env.api::<NetworkPolicy>().delete("web-only-from-friends", &DeleteParams::default()).await.unwrap();
+    let stranger = client("stranger-after".into(), "stranger", &["get", &url, "60"], &second);
+    let log = netcheck::run_to_completion(&env, stranger).await;
+    assert!(log.contains("hello from web"), "{log}");
 }
 
 #[tokio::test]

@@ -3,6 +3,9 @@
 //! - `serve`: answers every HTTP request on `$PORT` (default 8080) with 200 and its hostname;
 //! - `get URL [TIMEOUT_SECS]`: GETs an `http://host[:port]/path` URL until it answers 200
 //!   (exit 0, body on stdout) or the timeout passes (exit 1);
+//! - `blocked URL ATTEMPTS`: for NetworkPolicy tests. Waits (up to 60 s: policy agents apply
+//!   rules shortly after a pod starts) until a GET fails to connect or to be answered, then
+//!   requires ATTEMPTS further GETs to fail too (exit 0); exit 1 when one gets through;
 //! - `exit CODE AFTER_SECS`: serves like `serve`, then exits with CODE (a crashing app).
 //!
 //! Only std: it must start in any pod and needs no TLS or DNS beyond what libc gives.
@@ -20,6 +23,11 @@ fn main() {
             let timeout = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
             std::process::exit(get(url, Duration::from_secs(timeout)));
         }
+        Some("blocked") => {
+            let url = args.get(1).expect("blocked URL ATTEMPTS");
+            let attempts = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+            std::process::exit(blocked(url, attempts));
+        }
         Some("exit") => {
             let code: i32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
             let after: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -29,7 +37,9 @@ fn main() {
             std::process::exit(code);
         }
         _ => {
-            eprintln!("usage: spawner-netcheck serve | get URL [TIMEOUT_SECS] | exit CODE AFTER_SECS");
+            eprintln!(
+                "usage: spawner-netcheck serve | get URL [TIMEOUT_SECS] | blocked URL ATTEMPTS | exit CODE AFTER_SECS"
+            );
             std::process::exit(2);
         }
     }
@@ -60,13 +70,19 @@ fn answer(mut stream: TcpStream, host: &str) {
     let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
 }
 
-fn get(url: &str, timeout: Duration) -> i32 {
+/// (address to connect to, Host header, path) of an `http://` URL.
+fn parse(url: &str) -> (String, String, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let address = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    (address, authority.to_string(), path)
+}
+
+fn get(url: &str, timeout: Duration) -> i32 {
+    let (address, authority, path) = parse(url);
     let deadline = Instant::now() + timeout;
     loop {
-        match try_get(&address, authority, &path) {
+        match try_get(&address, &authority, &path) {
             Ok(body) => {
                 print!("{body}");
                 return 0;
@@ -81,6 +97,38 @@ fn get(url: &str, timeout: Duration) -> i32 {
             }
         }
     }
+}
+
+fn blocked(url: &str, attempts: u32) -> i32 {
+    let (address, authority, path) = parse(url);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_get(&address, &authority, &path) {
+            Err(e) => {
+                eprintln!("GET {url}: {e}: blocked");
+                break;
+            }
+            Ok(_) if Instant::now() >= deadline => {
+                eprintln!("GET {url} kept getting through for 60 s");
+                return 1;
+            }
+            Ok(_) => {
+                eprintln!("GET {url} got through; waiting for the policy");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    for attempt in 1..=attempts {
+        match try_get(&address, &authority, &path) {
+            Err(e) => eprintln!("GET {url} (attempt {attempt}): {e}: blocked"),
+            Ok(body) => {
+                eprintln!("GET {url} (attempt {attempt}) got through after it had been blocked: {body}");
+                return 1;
+            }
+        }
+    }
+    println!("blocked");
+    0
 }
 
 fn try_get(address: &str, host: &str, path: &str) -> Result<String, String> {

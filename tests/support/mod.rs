@@ -12,6 +12,8 @@
 //! When no cluster can be had the test fails with the reason: these tests never pass by skipping.
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
 
+pub mod netcheck;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;

@@ -21,6 +21,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "the browser test"),
     ("docker.io", "the Docker engine kind runs on, where none runs"),
     ("debootstrap", "the root filesystem of the kind node image"),
+    ("ipset", "kube-router's NetworkPolicy enforcement in the kind node image"),
 ];
 
 fn installed(package: &str) -> bool {

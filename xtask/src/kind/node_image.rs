@@ -17,12 +17,16 @@
 //! - a pod network: kind's kindnetd is a separate Go module that the module proxy does not serve,
 //!   so the image carries Debian's `bridge`/`host-local`/`portmap` CNI plugins and a small unit
 //!   (`spawner-node-network`) that gives each node a bridge on its pod CIDR and routes to every
-//!   other node's pod CIDR through that node's address (what kindnetd does for routing).
+//!   other node's pod CIDR through that node's address (what kindnetd does for routing);
+//! - NetworkPolicy enforcement: kindnetd's policy engine (kube-network-policies) needs nftables'
+//!   `queue` statement, which kernels built without CONFIG_NFT_QUEUE (this machine's) refuse, so
+//!   the default CNI manifest runs kube-router v2.1.0's network policy controller instead
+//!   (`hack/kube-router`, firewall only: iptables and ipset, as k3s embeds it).
 //!
 //! Differences from `kindest/node` (the README lists them): Debian 12's containerd 1.6 and runc
 //! 1.1 instead of kind's builds; CoreDNS v1.14.7 (trimmed to the plugins kubeadm's Corefile uses)
 //! instead of v1.12.1; no local-path storage provisioner (kind falls back to a host-path default
-//! StorageClass); no NetworkPolicy enforcement by the CNI; `restrict_oom_score_adj` set in
+//! StorageClass); NetworkPolicy enforced by kube-router instead of kindnetd; `restrict_oom_score_adj` set in
 //! containerd and no resource limits raised by systemd units, so that nodes run where the
 //! container lacks CAP_SYS_RESOURCE.
 
@@ -37,7 +41,7 @@ use crate::docker::Engine;
 use crate::oci::{ImageSpec, build_image_to};
 
 /// The node image. Bump the suffix whenever what goes into it changes.
-pub const NODE_IMAGE: &str = "spawner.local/kind-node:v1.34.4-spawner.4";
+pub const NODE_IMAGE: &str = "spawner.local/kind-node:v1.34.4-spawner.5";
 /// Debian release and packages of the root filesystem (bump the key when the list changes).
 const ROOTFS_KEY: &str = "bookworm-1";
 const SUITE: &str = "bookworm";
@@ -69,6 +73,9 @@ pub const ETCD_VERSION: &str = "v3.6.5";
 /// What kubeadm v1.34 deploys as etcd.
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.5-0";
 const CRICTL_VERSION: &str = "v1.37.0";
+/// kube-router (`hack/kube-router`), whose network policy controller enforces NetworkPolicy.
+const KUBE_ROUTER_VERSION: &str = "v2.1.0";
+const KUBE_ROUTER_IMAGE: &str = "spawner.local/kube-router:v2.1.0";
 
 /// Builds the node image unless the engine has it already; returns its reference.
 pub fn ensure(engine: &Engine) -> Result<String> {
@@ -216,7 +223,12 @@ fn node_files(sh: &Shell, tree: &Path) -> Result<()> {
     write(tree, "etc/systemd/system/spawner-node-network.service", NETWORK_SERVICE, 0o644)?;
     write(tree, "kind/bin/spawner-node-network.sh", NETWORK_SCRIPT, 0o755)?;
     write(tree, "kind/version", KUBE_VERSION, 0o644)?;
-    write(tree, "kind/manifests/default-cni.yaml", DEFAULT_CNI_MANIFEST, 0o644)?;
+    write(
+        tree,
+        "kind/manifests/default-cni.yaml",
+        &DEFAULT_CNI_MANIFEST.replace("__KUBE_ROUTER_IMAGE__", KUBE_ROUTER_IMAGE),
+        0o644,
+    )?;
     std::fs::create_dir_all(tree.join("etc/kubernetes/manifests"))?;
     std::fs::create_dir_all(tree.join("etc/cni/net.d"))?;
     std::fs::create_dir_all(tree.join("opt/cni"))?;
@@ -300,14 +312,68 @@ fn control_plane_images(dir: &Path) -> Result<()> {
         static_image(&format!("registry.k8s.io/{component}:{KUBE_VERSION}"), bins.path(component), component)?;
     }
     static_image(ETCD_IMAGE, etcd, "etcd")?;
-    kube_proxy_image(dir, &bins.path("kube-proxy"))
+    kube_proxy_image(dir, &bins.path("kube-proxy"))?;
+    kube_router_image(dir)
 }
 
 /// kube-proxy with Debian's iptables (nf_tables backend), its extensions and libraries: what the
 /// upstream image's distroless-iptables base carries.
 fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<()> {
-    let multi = PathBuf::from("/usr/sbin/xtables-nft-multi");
     let mut files = vec![(binary.to_path_buf(), "/usr/local/bin/kube-proxy".to_string(), 0o755)];
+    files.extend(iptables_files()?);
+    host_tools_image(
+        dir.join("kube-proxy.tar"),
+        ImageSpec {
+            name_tag: format!("registry.k8s.io/kube-proxy:{KUBE_VERSION}"),
+            files,
+            dirs: vec![("/tmp".into(), 0o1777), ("/run".into(), 0o755), ("/var/lib/kube-proxy".into(), 0o755)],
+            entrypoint: vec!["/usr/local/bin/kube-proxy".into()],
+            ..Default::default()
+        },
+    )
+}
+
+/// kube-router's network policy controller (run firewall-only by the default CNI manifest) with
+/// the tools it calls: iptables as kube-proxy's, and Debian's `ipset`.
+fn kube_router_image(dir: &Path) -> Result<()> {
+    let binary = build::hack_binary(
+        "kube-router",
+        KUBE_ROUTER_VERSION,
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+        "kube-router",
+    )?;
+    let ipset = PathBuf::from("/usr/sbin/ipset");
+    let mut files = vec![(binary, "/usr/local/bin/kube-router".to_string(), 0o755)];
+    files.extend(iptables_files()?);
+    files.extend(crate::images::shared_libraries(&ipset)?);
+    files.push((ipset, "/usr/sbin/ipset".into(), 0o755));
+    host_tools_image(
+        dir.join("kube-router.tar"),
+        ImageSpec {
+            name_tag: KUBE_ROUTER_IMAGE.into(),
+            files,
+            dirs: vec![("/tmp".into(), 0o1777), ("/run".into(), 0o755), ("/var/lib/kube-router".into(), 0o755)],
+            entrypoint: vec!["/usr/local/bin/kube-router".into()],
+            ..Default::default()
+        },
+    )
+}
+
+/// `spec` as a root image whose tools are found on the usual PATH, files listed once each.
+fn host_tools_image(out: PathBuf, mut spec: ImageSpec) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    spec.files.retain(|(_, inside, _)| seen.insert(inside.clone()));
+    spec.env = vec!["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    spec.user = "0:0".into();
+    build_image_to(&spec, &out)?;
+    Ok(())
+}
+
+/// Debian's iptables (nf_tables backend) under all the names it is called by, its extensions and
+/// the libraries of both.
+fn iptables_files() -> Result<Vec<(PathBuf, String, u32)>> {
+    let multi = PathBuf::from("/usr/sbin/xtables-nft-multi");
+    let mut files = Vec::new();
     // xtables-nft-multi acts on the name it is called by.
     for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"] {
         files.push((multi.clone(), format!("/usr/sbin/{name}"), 0o755));
@@ -322,22 +388,7 @@ fn kube_proxy_image(dir: &Path, binary: &Path) -> Result<()> {
         let inside = path.display().to_string();
         files.push((path, inside, 0o644));
     }
-    let mut seen = std::collections::HashSet::new();
-    files.retain(|(_, inside, _)| seen.insert(inside.clone()));
-    let out = dir.join("kube-proxy.tar");
-    build_image_to(
-        &ImageSpec {
-            name_tag: format!("registry.k8s.io/kube-proxy:{KUBE_VERSION}"),
-            files,
-            dirs: vec![("/tmp".into(), 0o1777), ("/run".into(), 0o755), ("/var/lib/kube-proxy".into(), 0o755)],
-            entrypoint: vec!["/usr/local/bin/kube-proxy".into()],
-            env: vec!["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            user: "0:0".into(),
-            ..Default::default()
-        },
-        &out,
-    )?;
-    Ok(())
+    Ok(files)
 }
 
 /// Imports the image tars in `images` into the node's containerd store (`tree`'s
@@ -507,6 +558,11 @@ done
 /// kind applies this file as the cluster's CNI. The pod network is the node unit above; it reads
 /// the Node objects with the kubelet's credentials, and the Node authorizer lets a kubelet read
 /// only its own Node, so the manifest grants the nodes' group exactly that: reading Nodes.
+/// NetworkPolicy is enforced by kube-router's network policy controller, run firewall-only (its
+/// documented mode beside another CNI) on every node with the read access its informers need.
+/// (kindnetd enforces policy through kube-network-policies, which needs nftables' `queue`
+/// statement; kernels without CONFIG_NFT_QUEUE, like this machine's, cannot run it. kube-router
+/// uses iptables and ipset.)
 const DEFAULT_CNI_MANIFEST: &str = r#"# Written by `cargo xtask kind node-image`.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -539,5 +595,92 @@ data:
   README: |
     Pods are networked by the node image's spawner-node-network unit: Debian's bridge,
     host-local and portmap CNI plugins on each node's pod CIDR, and a route to every other
-    node's pod CIDR through its InternalIP.
+    node's pod CIDR through its InternalIP. NetworkPolicy is enforced by the kube-router
+    DaemonSet (firewall only).
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: kube-router
+  namespace: kube-system
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: kube-router
+rules:
+- apiGroups: [""]
+  resources: ["namespaces", "pods", "services", "nodes", "endpoints"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kube-router
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: kube-router
+subjects:
+- kind: ServiceAccount
+  name: kube-router
+  namespace: kube-system
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-router
+  namespace: kube-system
+  labels:
+    k8s-app: kube-router
+spec:
+  selector:
+    matchLabels:
+      k8s-app: kube-router
+  template:
+    metadata:
+      labels:
+        k8s-app: kube-router
+    spec:
+      serviceAccountName: kube-router
+      priorityClassName: system-node-critical
+      hostNetwork: true
+      containers:
+      - name: kube-router
+        image: __KUBE_ROUTER_IMAGE__
+        imagePullPolicy: Never
+        args:
+        - --run-router=false
+        - --run-firewall=true
+        - --run-service-proxy=false
+        - --enable-cni=false
+        env:
+        - name: NODE_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: spec.nodeName
+        securityContext:
+          privileged: true
+        livenessProbe:
+          httpGet:
+            path: /healthz
+            port: 20244
+          initialDelaySeconds: 10
+          periodSeconds: 3
+        volumeMounts:
+        - name: xtables-lock
+          mountPath: /run/xtables.lock
+      tolerations:
+      - operator: Exists
+      volumes:
+      - name: xtables-lock
+        hostPath:
+          path: /run/xtables.lock
+          type: FileOrCreate
 "#;
