@@ -7,8 +7,9 @@
 //! imported into every node as soon as that has built them.
 //!
 //! Only Docker is needed: the engine, the node image and Spawner's images come from `cargo xtask`
-//! (`docker up`, `kind node-image`, `deploy`), each built once and cached;
-//! `SPAWNER_KIND_NODE_IMAGE=<ref>` runs another node image instead (one the engine has).
+//! (`docker up`, `kind node-image`, `deploy`), each built once and cached. The node image is
+//! always the one assembled here (kind's stock image has no `spawner-node-network` unit, which
+//! the bootstrap holds back until the node has joined).
 //!
 //! The containers and the network go when the [`KindCluster`] drops, a panicking test's too
 //! (testcontainers removes a container when its handle drops, and the network with the last
@@ -44,8 +45,6 @@ const IMAGES_DIR: &str = "/kind/spawner-images";
 const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
 /// The node image's pod network (a bridge on the node's pod CIDR, routes to the others').
 const NODE_NETWORK_UNIT: &str = "spawner-node-network";
-/// A node image to use instead of the one `cargo xtask kind node-image` builds.
-const NODE_IMAGE_ENV: &str = "SPAWNER_KIND_NODE_IMAGE";
 /// Label on the node containers, naming their cluster (`docker ps --filter label=...`).
 const CLUSTER_LABEL: &str = "dev.spawner.kind-cluster";
 
@@ -148,14 +147,9 @@ async fn start(cluster: &str, workers: usize) -> Result<KindCluster> {
     progress(cluster, "Docker engine", t);
 
     let t = Instant::now();
-    let image = match std::env::var(NODE_IMAGE_ENV) {
-        Ok(image) if !image.is_empty() => image,
-        _ => {
-            let out = xtask(&["kind", "node-image"], docker_host.as_deref()).await.context("step `kind node-image`")?;
-            let last = out.iter().rev().find(|l| !l.trim().is_empty());
-            last.context("`cargo xtask kind node-image` printed nothing")?.trim().to_string()
-        }
-    };
+    let out = xtask(&["kind", "node-image"], docker_host.as_deref()).await.context("step `kind node-image`")?;
+    let last = out.iter().rev().find(|l| !l.trim().is_empty());
+    let image = last.context("`cargo xtask kind node-image` printed nothing")?.trim().to_string();
     progress(cluster, &format!("node image {image}"), t);
 
     let t = Instant::now();
