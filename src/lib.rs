@@ -36,6 +36,14 @@ pub mod names {
     pub const MANAGED_BY_VALUE: &str = "spawner";
     /// Label naming the backend a pod, Service or Secret belongs to.
     pub const BACKEND_LABEL: &str = "spawner.dev/backend";
+    /// Label on a backend's pod: its `spec.egress`, which the namespace's egress NetworkPolicies
+    /// select by.
+    pub const EGRESS_LABEL: &str = "spawner.dev/egress";
+    /// Name of the application's port in a pod without the sidecar: the ingress NetworkPolicy
+    /// opens it (by name, as each backend's port may differ) to the reverse proxy.
+    pub const APP_PORT_NAME: &str = "spawner-http";
+    /// Label `app.kubernetes.io/name` of Spawner's own pods (the reverse proxy's, the sweeper's).
+    pub const NAME_LABEL: &str = "app.kubernetes.io/name";
     /// Annotation on a backend's pod: the backend's `gracePeriodSeconds`, so the sweeper need
     /// not read the backend (pods made before it existed are read from the backend instead).
     pub const GRACE_PERIOD_ANNOTATION: &str = "spawner.dev/grace-period-seconds";

@@ -40,6 +40,9 @@ pub const CONTROLLER: &[Permission] = &[
     // A token Secret is created once and never changed: the controller cannot read any Secret.
     cluster("", "secrets", &["create"]),
     cluster("events.k8s.io", "events", &["create", "patch"]),
+    // Each namespace's NetworkPolicies, by server-side apply (an apply that creates the object
+    // is authorized as `create` too).
+    cluster("networking.k8s.io", "networkpolicies", &["create", "patch"]),
     Permission {
         group: "coordination.k8s.io",
         resource: "leases",

@@ -73,3 +73,35 @@ async fn an_app_that_crashes_fails_the_backend_naming_its_exit_code() {
     let events = wait_for_event(&env, "crash", "ContainerTerminated", WAIT).await;
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
 }
+
+#[tokio::test]
+async fn a_restricted_namespace_admits_a_backend_whose_app_complies_and_fails_one_whose_app_does_not() {
+    let env = TestEnv::new("ctl-restricted").await;
+    prepare(&env).await;
+    let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone());
+    let label = json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces
+        .patch(&env.namespace, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label))
+        .await
+        .unwrap();
+    let _controller = ControllerProcess::start(&env, &[]);
+    // The app does what `restricted` asks of every container; the injected sidecar does too.
+    let compliant = json!({"containers": [{
+        "name": "app", "image": APP_IMAGE, "args": ["serve"],
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+        }
+    }]});
+    let loose = json!({"containers": [{"name": "app", "image": APP_IMAGE, "args": ["serve"]}]});
+    create(&env, &backend("compliant", json!({"template": compliant}))).await;
+    create(&env, &backend("loose", json!({"template": loose}))).await;
+
+    let backends = env.api::<SessionLivedBackend>();
+    support::wait_for(&backends, "compliant", has_condition("Ready", "True"), WAIT).await;
+    let loose = support::wait_for(&backends, "loose", has_condition("Failed", "True"), WAIT).await.unwrap();
+    let message = condition(&loose, "Failed").message;
+    assert!(message.contains("violates PodSecurity \"restricted"), "{message}");
+    // What the refusal names is the app container, never the sidecar.
+    assert!(!message.contains("spawner-sidecar"), "{message}");
+}

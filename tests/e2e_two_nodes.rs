@@ -13,7 +13,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -23,26 +23,6 @@ use spawner::crd::SessionLivedBackend;
 use spawner::names;
 use support::{TestEnv, netcheck};
 use tokio::time::Instant;
-
-/// The schedulable nodes (no NoSchedule taint), sorted by name; fails unless there are two.
-async fn two_nodes(env: &TestEnv) -> [String; 2] {
-    let nodes = Api::<Node>::all(env.client.clone()).list(&ListParams::default()).await.unwrap();
-    let mut names: Vec<String> = nodes
-        .items
-        .iter()
-        .filter(|n| {
-            let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-            !taints.iter().any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        })
-        .map(|n| n.name_any())
-        .collect();
-    names.sort();
-    assert!(
-        names.len() >= 2,
-        "these tests need two schedulable nodes (run them on kind: SPAWNER_TEST_CLUSTER=kind); found {names:?}"
-    );
-    [names[0].clone(), names[1].clone()]
-}
 
 /// The demo backend, pinned to `node`.
 fn pinned(name: &str, grace_seconds: u64, node: &str) -> SessionLivedBackend {
@@ -98,7 +78,7 @@ fn node_of(backend: &SessionLivedBackend) -> String {
 #[tokio::test]
 async fn e2e_on_two_nodes_network_policy_is_enforced_on_a_node_and_across_nodes() {
     let env = TestEnv::new("two-nodes-policy").await;
-    let [first, second] = two_nodes(&env).await;
+    let [first, second] = support::two_nodes(&env).await;
     let pods = env.api::<Pod>();
     let web = netcheck::pod("web", &["serve"], serde_json::json!({"app": "web"}), Some(&first));
     pods.create(&PostParams::default(), &web).await.unwrap();
@@ -141,7 +121,7 @@ async fn e2e_on_two_nodes_network_policy_is_enforced_on_a_node_and_across_nodes(
 #[tokio::test]
 async fn e2e_on_two_nodes_each_nodes_sweeper_sweeps_exactly_its_own_backends() {
     let env = TestEnv::new("two-nodes-sweep").await;
-    let [first, second] = two_nodes(&env).await;
+    let [first, second] = support::two_nodes(&env).await;
     let api: Api<SessionLivedBackend> = env.api();
     let grace = 15;
     let (a, b) = ready_on_each(&api, grace, [&first, &second]).await;
@@ -159,7 +139,7 @@ async fn e2e_on_two_nodes_each_nodes_sweeper_sweeps_exactly_its_own_backends() {
 #[tokio::test]
 async fn e2e_on_two_nodes_losing_one_nodes_sweeper_costs_no_node_any_idle_time() {
     let env = TestEnv::new("two-nodes-sweeper-loss").await;
-    let [first, second] = two_nodes(&env).await;
+    let [first, second] = support::two_nodes(&env).await;
     let api: Api<SessionLivedBackend> = env.api();
     let grace = 30;
     let (a, b) = ready_on_each(&api, grace, [&first, &second]).await;
@@ -192,7 +172,7 @@ async fn e2e_on_two_nodes_losing_one_nodes_sweeper_costs_no_node_any_idle_time()
 #[tokio::test]
 async fn e2e_on_two_nodes_a_controller_lost_while_backends_start_leaves_one_pod_and_one_service_each() {
     let env = TestEnv::new("two-nodes-controller-loss").await;
-    let nodes = two_nodes(&env).await;
+    let nodes = support::two_nodes(&env).await;
     let api: Api<SessionLivedBackend> = env.api();
     let names: Vec<String> = (0..6).map(|i| format!("start-{i}")).collect();
     for (i, name) in names.iter().enumerate() {

@@ -12,7 +12,7 @@ use kube::{Client, ResourceExt};
 use super::error::{Error, status_code};
 use super::names::{CONNECT_KEY_ANNOTATION, check_key, name_for_key};
 use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Phase, SessionLivedBackend,
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, Phase, SessionLivedBackend,
     SessionLivedBackendSpec, SidecarSpec,
 };
 
@@ -38,6 +38,7 @@ pub struct BackendRequest {
     pub max_lifetime_seconds: Option<i64>,
     pub env: Vec<(String, String)>,
     pub auth: AuthMode,
+    pub egress: Egress,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -53,6 +54,7 @@ impl BackendRequest {
             max_lifetime_seconds: None,
             env: Vec::new(),
             auth: AuthMode::Token,
+            egress: Egress::default(),
             annotations: BTreeMap::new(),
         }
     }
@@ -82,6 +84,7 @@ impl BackendRequest {
             max_lifetime_seconds: self.max_lifetime_seconds,
             sidecar: SidecarSpec::default(),
             auth: AuthSpec { mode: self.auth },
+            egress: self.egress,
         };
         let mut backend = SessionLivedBackend::new("", spec);
         backend.metadata = ObjectMeta {

@@ -155,6 +155,9 @@ pub struct SpecArgs {
     /// Serve the backend without an access token.
     #[arg(long)]
     pub no_auth: bool,
+    /// Where the backend may connect to: DNS and public addresses, nothing, or anywhere.
+    #[arg(long, value_enum, default_value_t = crate::crd::Egress::Public)]
+    pub egress: crate::crd::Egress,
 }
 
 impl SpecArgs {
@@ -166,6 +169,7 @@ impl SpecArgs {
         request.max_lifetime_seconds = self.max_lifetime;
         request.env = self.env.clone();
         request.auth = if self.no_auth { AuthMode::None } else { AuthMode::Token };
+        request.egress = self.egress;
         request
     }
 }

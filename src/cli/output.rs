@@ -93,6 +93,7 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
         ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
         ("Startup timeout", format!("{}s", backend.spec.effective_startup_timeout_seconds())),
         ("Auth", format!("{:?}", backend.spec.auth.mode)),
+        ("Egress", backend.spec.egress.as_str().to_string()),
         ("Node", status.node_name.unwrap_or_else(|| "<none>".into())),
         ("Pod IP", status.pod_ip.unwrap_or_else(|| "<none>".into())),
         ("Age", age(backend, now)),

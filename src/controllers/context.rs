@@ -1,6 +1,6 @@
 //! What every reconciliation shares: the client, the settings, the Event recorder, the metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct Context {
     /// reconciliations (so a trigger never outruns its cache). `None` in unit tests: reads go to
     /// the API server.
     pub children: Option<(Store<Pod>, Store<Service>)>,
+    /// Namespaces whose NetworkPolicies this process has applied.
+    pub isolated_namespaces: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -68,6 +70,7 @@ impl Context {
             clock: Arc::new(Timestamp::now),
             failures: Mutex::default(),
             children: None,
+            isolated_namespaces: Mutex::default(),
         }
     }
 

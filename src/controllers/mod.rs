@@ -19,6 +19,7 @@ pub mod http;
 pub mod leader;
 pub mod lifetime;
 pub mod metrics;
+pub mod network_policy;
 pub mod pod;
 pub mod reconcile;
 pub mod secret;

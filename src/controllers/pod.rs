@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSpec, Probe, ResourceRequirements,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -73,6 +73,9 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
         let env = app.env.get_or_insert_with(Vec::new);
         env.retain(|e| e.name != "PORT");
         env.push(env_var("PORT", spec.http_port.to_string()));
+        if !spec.sidecar.inject {
+            name_app_port(app, spec.http_port);
+        }
     }
 
     if spec.sidecar.inject {
@@ -93,6 +96,8 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
     }
 
     let mut metadata = child_meta(backend);
+    // Only on the pod: the Service selects by the other labels.
+    metadata.labels.get_or_insert_with(BTreeMap::new).insert(names::EGRESS_LABEL.into(), spec.egress.as_str().into());
     if spec.sidecar.inject {
         // The sweeper on the pod's node reads the grace period here instead of fetching the
         // backend (the field is immutable, so the copy cannot go stale).
@@ -101,6 +106,25 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
         );
     }
     Pod { metadata, spec: Some(template), status: None }
+}
+
+/// Gives the application's port the name the ingress NetworkPolicy opens: the template's own
+/// entry for that port when it has no name, else an entry of our own (a port may be listed
+/// twice; the API server only warns).
+fn name_app_port(app: &mut Container, http_port: i32) {
+    let ports = app.ports.get_or_insert_with(Vec::new);
+    if ports.iter().any(|p| p.name.as_deref() == Some(names::APP_PORT_NAME)) {
+        return;
+    }
+    match ports.iter_mut().find(|p| p.container_port == http_port && p.name.is_none()) {
+        Some(unnamed) => unnamed.name = Some(names::APP_PORT_NAME.to_string()),
+        None => ports.push(ContainerPort {
+            name: Some(names::APP_PORT_NAME.to_string()),
+            container_port: http_port,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }),
+    }
 }
 
 fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Container {
@@ -133,6 +157,8 @@ fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Cont
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
+            // With the above, what Pod Security's `restricted` level asks of every container.
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }),
             ..SecurityContext::default()
         }),
         resources: Some(ResourceRequirements {
@@ -267,6 +293,7 @@ mod tests {
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.allow_privilege_escalation, Some(false));
         assert_eq!(security.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(security.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"));
         assert!(pod.spec.unwrap().volumes.is_none(), "no token volume without auth");
     }
 
@@ -289,5 +316,42 @@ mod tests {
         let pod = build_pod(&SessionLivedBackend::test().without_sidecar(), &SidecarConfig::default());
         assert!(sidecar(&pod).is_none());
         assert_eq!(pod.spec.unwrap().containers.len(), 1);
+    }
+
+    #[test]
+    fn the_pod_is_labelled_with_its_egress_and_the_service_does_not_select_by_it() {
+        let mut backend = SessionLivedBackend::test();
+        backend.spec.egress = crate::crd::Egress::None;
+        let pod = build_pod(&backend, &SidecarConfig::default());
+        assert_eq!(pod.metadata.labels.unwrap()[names::EGRESS_LABEL], "None");
+        let selector = crate::controllers::service::build_service(&backend).spec.unwrap().selector.unwrap();
+        assert!(!selector.contains_key(names::EGRESS_LABEL));
+    }
+
+    #[test]
+    fn without_the_sidecar_the_app_port_gets_the_name_the_ingress_policy_opens() {
+        let app_ports = |backend: &SessionLivedBackend| -> Vec<(Option<String>, i32)> {
+            let pod = build_pod(backend, &SidecarConfig::default());
+            let app = &pod.spec.unwrap().containers[0];
+            app.ports.iter().flatten().map(|p| (p.name.clone(), p.container_port)).collect()
+        };
+        let named = Some(names::APP_PORT_NAME.to_string());
+        let backend = SessionLivedBackend::test().without_sidecar().http_port(3000);
+        assert_eq!(app_ports(&backend), vec![(named.clone(), 3000)]);
+
+        // The template's own unnamed entry for the port is named; a named one is left alone.
+        let mut unnamed = backend.clone();
+        unnamed.spec.template.containers[0].ports = Some(vec![port_entry(None, 3000)]);
+        assert_eq!(app_ports(&unnamed), vec![(named.clone(), 3000)]);
+        let mut other_name = backend.clone();
+        other_name.spec.template.containers[0].ports = Some(vec![port_entry(Some("web"), 3000)]);
+        assert_eq!(app_ports(&other_name), vec![(Some("web".into()), 3000), (named, 3000)]);
+
+        // With the sidecar, the policy opens the sidecar's port: the app's ports are untouched.
+        assert_eq!(app_ports(&SessionLivedBackend::test()), vec![]);
+    }
+
+    fn port_entry(name: Option<&str>, number: i32) -> ContainerPort {
+        ContainerPort { name: name.map(String::from), container_port: number, ..ContainerPort::default() }
     }
 }

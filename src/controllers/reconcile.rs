@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::controllers::context::Context;
 use crate::controllers::status::{PodView, derive_status, reason};
-use crate::controllers::{Error, lifetime, pod, secret, service};
+use crate::controllers::{Error, lifetime, network_policy, pod, secret, service};
 use crate::crd::{AuthMode, FIELD_MANAGER, Phase, SessionLivedBackend};
 
 /// How soon to look again while an old child of the same name (from a deleted backend) is
@@ -46,6 +46,10 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     let mut waiting_for_gc = false;
     let mut outcome = PodOutcome::Gone;
     let over = deleting || old_phase == Some(Phase::Failed);
+
+    if !over {
+        isolate_namespace(&ctx, &namespace, &id).await?;
+    }
 
     // A backend never reconciled has, in all likelihood, no children yet: create them straight
     // away, saving two reads per backend in a burst. Applying is idempotent, so a pod made by a
@@ -238,6 +242,18 @@ where
 {
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     api.create(&params, object).await.map_err(|e| Error::api("create", kind, id, e))
+}
+
+/// Applies the namespace's NetworkPolicies once per controller process, before any pod of the
+/// namespace is created by it: a pod must never run unisolated.
+async fn isolate_namespace(ctx: &Context, namespace: &str, id: &str) -> Result<(), Error> {
+    let done = |ctx: &Context| ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).contains(namespace);
+    if done(ctx) {
+        return Ok(());
+    }
+    network_policy::apply(&ctx.client, namespace).await.map_err(|e| Error::api("apply", "NetworkPolicy", id, e))?;
+    ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
+    Ok(())
 }
 
 /// Creates the token Secret unless it exists. Never updates it: the token is handed out once.

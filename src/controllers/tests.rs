@@ -86,6 +86,14 @@ impl Cluster {
                 (201, object)
             }
             (Method::DELETE, ["sessionlivedbackends", _]) => (200, status_body(200, "", "")),
+            (Method::PATCH, ["networkpolicies", name]) => {
+                assert!(
+                    query.contains("fieldManager=spawner") && query.contains("force=true"),
+                    "policies by SSA: {query}"
+                );
+                self.objects.insert(format!("networkpolicies/{name}"), body.clone());
+                (200, body)
+            }
             other => panic!("unexpected call {other:?}"),
         }
     }
@@ -109,8 +117,16 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": status, "code": code, "reason": reason, "message": message})
 }
 
-/// A context whose client talks to `cluster`, with the clock stopped at `now`.
+/// A context whose client talks to `cluster`, with the clock stopped at `now`; the namespace's
+/// NetworkPolicies count as applied (one test covers applying them).
 fn context(cluster: Arc<Mutex<Cluster>>, now: i64) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+    let (ctx, server) = unisolated_context(cluster, now);
+    ctx.isolated_namespaces.lock().unwrap().insert("room".to_string());
+    (ctx, server)
+}
+
+/// [`context`] of a controller that has not yet applied the namespace's NetworkPolicies.
+fn unisolated_context(cluster: Arc<Mutex<Cluster>>, now: i64) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         while let Some((request, send)) = handle.next_request().await {
@@ -175,6 +191,26 @@ async fn a_new_backend_gets_its_secret_service_and_pod_then_a_pending_status() {
     assert_eq!(c.status().url.as_deref(), Some("http://127.0.0.1:30080/p/room/game/"));
     assert_eq!(c.event_reasons(), vec!["PodCreated"]);
     assert_eq!(action, Action::requeue(Duration::from_secs(299)), "woken for the startup timeout");
+}
+
+#[tokio::test]
+async fn a_namespace_is_isolated_before_its_first_pod_and_only_once_per_controller() {
+    let cluster = shared(Cluster::default());
+    let (ctx, server) = unisolated_context(cluster.clone(), 1001);
+    reconcile(Arc::new(SessionLivedBackend::test()), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(SessionLivedBackend::test().named("other")), ctx).await.unwrap();
+    server.abort();
+    let c = cluster.lock().unwrap();
+    let writes = c.writes();
+    let policies: Vec<usize> = (0..writes.len()).filter(|&i| writes[i].starts_with("PATCH networkpolicies/")).collect();
+    assert_eq!(policies.len(), 3, "three policies, applied once: {writes:?}");
+    let first_pod = writes.iter().position(|w| *w == "POST pods").unwrap();
+    assert!(policies.iter().all(|&i| i < first_pod), "policies before the first pod: {writes:?}");
+    for name in
+        [super::network_policy::INGRESS, super::network_policy::EGRESS_PUBLIC, super::network_policy::EGRESS_NONE]
+    {
+        assert!(c.objects.contains_key(&format!("networkpolicies/{name}")), "{name} applied");
+    }
 }
 
 #[tokio::test]

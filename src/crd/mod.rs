@@ -100,6 +100,12 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
         "reason": "FieldValueInvalid"
     },
     {
+        "rule": "self.egress == oldSelf.egress",
+        "message": "spec.egress is immutable: the backend's pod is never recreated",
+        "fieldPath": ".egress",
+        "reason": "FieldValueInvalid"
+    },
+    {
         "rule": "self.auth == oldSelf.auth",
         "message": "spec.auth is immutable: the backend's token is made once, with its pod",
         "fieldPath": ".auth",
@@ -147,6 +153,37 @@ pub struct SessionLivedBackendSpec {
     /// Who may reach the backend's URL.
     #[serde(default)]
     pub auth: AuthSpec,
+
+    /// Where the backend's pod may open connections. `Public` (default): DNS to the cluster's
+    /// DNS pods and any public address; never private ranges (10/8, 172.16/12, 192.168/16,
+    /// 100.64/10, fc00::/7), link-local ones (169.254/16, fe80::/10, so never the cloud metadata
+    /// address) or other pods. `None`: no connection out at all. `Unrestricted`: anywhere.
+    /// Enforced by NetworkPolicy, so only on a network that enforces it.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// Where a backend's pod may connect to (see `spec.egress`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema, clap::ValueEnum)]
+pub enum Egress {
+    /// DNS and the public internet; no private, link-local or metadata addresses.
+    #[default]
+    Public,
+    /// Nothing.
+    None,
+    /// Anywhere.
+    Unrestricted,
+}
+
+impl Egress {
+    /// The value as written in the spec (and in the pod's egress label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Public => "Public",
+            Egress::None => "None",
+            Egress::Unrestricted => "Unrestricted",
+        }
+    }
 }
 
 impl SessionLivedBackendSpec {

@@ -343,6 +343,27 @@ pub async fn first_websocket(url: &str, within: Duration) -> ProxiedWebSocket {
     }
 }
 
+/// The schedulable nodes (no NoSchedule taint), sorted by name; fails unless there are two.
+pub async fn two_nodes(env: &TestEnv) -> [String; 2] {
+    let nodes =
+        Api::<k8s_openapi::api::core::v1::Node>::all(env.client.clone()).list(&Default::default()).await.unwrap();
+    let mut names: Vec<String> = nodes
+        .items
+        .iter()
+        .filter(|n| {
+            let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            !taints.iter().any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        })
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 2,
+        "these tests need two schedulable nodes (run them on kind: SPAWNER_TEST_CLUSTER=kind); found {names:?}"
+    );
+    [names[0].clone(), names[1].clone()]
+}
+
 /// Image pulls, scheduling and probes on a small shared machine.
 pub const READY_WITHIN: Duration = Duration::from_secs(180);
 

@@ -62,7 +62,8 @@ pub fn run(opts: Options) -> Result<()> {
             step("cargo test (end to end)", || {
                 let mut args = vec!["test", "--workspace"];
                 args.extend(&extra);
-                args.extend(["e2e_", "--", "--skip", "e2e_on_two_nodes"]);
+                // Two-node and enforced-network tests need the kind cluster.
+                args.extend(["e2e_", "--", "--skip", "e2e_on_two_nodes", "--skip", "e2e_enforced"]);
                 cargo_test(&args, &mut tally)
             })
         });
@@ -105,7 +106,8 @@ fn kind_phase(
     let kind = kind.expect("set by the step");
     step("deploy config/default on kind", || crate::deploy::apply_default(&kind.kubeconfig, images, &kind.base_url))?;
     step("cargo test (end to end, on kind)", || {
-        let mut args = vec!["test", "--workspace", "--test", "e2e", "--test", "e2e_two_nodes"];
+        let mut args =
+            vec!["test", "--workspace", "--test", "e2e", "--test", "e2e_two_nodes", "--test", "e2e_isolation"];
         args.extend(extra);
         args.push("e2e_");
         let mut env = vec![("SPAWNER_TEST_CLUSTER", "kind".to_string())];
