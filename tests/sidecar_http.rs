@@ -286,6 +286,91 @@ async fn garbage_and_malformed_requests_get_400_and_a_closed_connection() {
     }
 }
 
+/// How many requests the sidecar forwarded to the app (every request the app sees is counted
+/// before it is sent).
+async fn forwarded_requests(sidecar: &Sidecar) -> u64 {
+    let metrics = get(sidecar.admin, "/metrics").await.unwrap().text();
+    let line = metrics.lines().find_map(|l| l.strip_prefix("spawner_sidecar_forwarded_requests_total "));
+    line.unwrap_or_else(|| panic!("no forwarded counter in {metrics}")).parse().unwrap()
+}
+
+/// Send each request on its own connection: it must get exactly one 400, then the sidecar
+/// closes the connection (`raw` returns only then), and the app sees nothing.
+async fn assert_refused(sidecar: &Sidecar, cases: &[(&str, &[u8])]) {
+    for (what, bytes) in cases {
+        let answer = raw(sidecar.proxy, bytes).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
+        assert_eq!(answer.matches("HTTP/1.").count(), 1, "{what}: one answer only: {answer:?}");
+        assert_eq!(forwarded_requests(sidecar).await, 0, "{what}: the app saw a request");
+    }
+}
+
+#[tokio::test]
+async fn obs_fold_line_folding_gets_400_and_a_closed_connection() {
+    // RFC 9112 §5.2: a server must reject obs-fold (or unfold it); hyper's parser rejects it.
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    assert_refused(
+        &sidecar,
+        &[
+            ("folded with a space", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
+            ("folded with a tab", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n"),
+            ("folded empty value", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX-A:\r\n b\r\n\r\n"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn whitespace_before_the_first_header_field_gets_400_and_a_closed_connection() {
+    // RFC 9112 §2.2: whitespace between the start line and the first field must be rejected (or
+    // the line ignored); it would otherwise read as the fold of a field that does not exist.
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    assert_refused(
+        &sidecar,
+        &[
+            ("space", b"GET /echo-request HTTP/1.1\r\n Host: x\r\n\r\n"),
+            ("tab", b"GET /echo-request HTTP/1.1\r\n\tX-A: 1\r\nHost: x\r\n\r\n"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn whitespace_between_a_field_name_and_the_colon_gets_400_and_a_closed_connection() {
+    // RFC 9112 §5.1: a server must reject it (a proxy must remove it before forwarding);
+    // hyper's parser rejects it in requests.
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    assert_refused(
+        &sidecar,
+        &[
+            ("space before the colon of Host", b"GET /echo-request HTTP/1.1\r\nHost : x\r\n\r\n"),
+            ("tab before the colon", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX-A\t: 1\r\n\r\n"),
+            (
+                "space before the colon of Transfer-Encoding",
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_field_names_get_400_and_a_closed_connection() {
+    // RFC 9110 §5.1: a field name is a token; RFC 9112 §2.2: an invalid message gets 400.
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    assert_refused(
+        &sidecar,
+        &[
+            ("delimiter in the name", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX(A): 1\r\n\r\n"),
+            ("space in the name", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX A: 1\r\n\r\n"),
+            ("empty name", b"GET /echo-request HTTP/1.1\r\nHost: x\r\n: 1\r\n\r\n"),
+            ("non-ASCII name", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX-\xc3\xa4: 1\r\n\r\n"),
+            ("control byte in the name", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nX-\x01: 1\r\n\r\n"),
+        ],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     let (_app, sidecar) = app_and_sidecar(&[]).await;
