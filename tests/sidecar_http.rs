@@ -299,10 +299,45 @@ async fn forwarded_requests(sidecar: &Sidecar) -> u64 {
 async fn assert_refused(sidecar: &Sidecar, cases: &[(&str, &[u8])]) {
     for (what, bytes) in cases {
         let answer = raw(sidecar.proxy, bytes).await;
-        assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
-        assert_eq!(answer.matches("HTTP/1.").count(), 1, "{what}: one answer only: {answer:?}");
+        // An HTTP/1.0 request gets an HTTP/1.0 answer.
+        assert!(answer.starts_with("HTTP/1.1 400 ") || answer.starts_with("HTTP/1.0 400 "), "{what}: {answer:?}");
+        let status_lines = answer.lines().filter(|l| l.starts_with("HTTP/1.")).count();
+        assert_eq!(status_lines, 1, "{what}: one answer only: {answer:?}");
         assert_eq!(forwarded_requests(sidecar).await, 0, "{what}: the app saw a request");
     }
+}
+
+#[tokio::test]
+async fn more_than_one_host_gets_400_and_a_closed_connection() {
+    // RFC 9112 §3.2: more than one Host field line gets 400, in any version. hyper passes them
+    // on, and which one the app (or a cache in front) believes is up to each of them.
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    assert_refused(
+        &sidecar,
+        &[
+            ("two different hosts", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nHost: evil\r\n\r\n"),
+            ("the same host twice", b"GET /echo-request HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n"),
+            ("HTTP/1.0", b"GET /echo-request HTTP/1.0\r\nHost: x\r\nHost: evil\r\n\r\n"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_http_1_1_request_without_host_gets_400_and_a_closed_connection() {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400, even in absolute form.
+    let (_app, sidecar) = app_and_sidecar(&[]).await;
+    assert_refused(
+        &sidecar,
+        &[
+            ("origin form", b"GET /echo-request HTTP/1.1\r\n\r\n"),
+            ("absolute form", b"GET http://x/echo-request HTTP/1.1\r\n\r\n"),
+        ],
+    )
+    .await;
+    // HTTP/1.0 had no Host requirement: still served.
+    let answer = raw(sidecar.proxy, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 ") && answer.ends_with("\r\n\r\nhello\n"), "{answer:?}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -71,10 +72,19 @@ enum Failure {
     Timeout,
 }
 
-fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+fn local(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// 400 for a request the sidecar will not forward, closing the connection: after a message it
+/// refuses, the sidecar does not trust the rest of the stream to be framed as the client meant.
+fn bad_request(e: headers::Error) -> Response<ProxyBody> {
+    tracing::debug!(error = %e, "refused a malformed request");
+    let mut resp = local(StatusCode::BAD_REQUEST, format!("400 bad request: {e}\n"));
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -84,6 +94,9 @@ impl Proxy {
         conn: Arc<ClientConn>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Err(e) = headers::check_host(req.version(), req.headers()) {
+            return Ok(bad_request(e));
+        }
         let mut set_cookie = None;
         if let Some(auth) = &self.auth {
             let (parts, body) = req.into_parts();
