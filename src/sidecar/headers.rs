@@ -11,15 +11,19 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Why a request is refused with 400 before it is forwarded. Only what hyper lets through is
-/// here: its parser (httparse) already refuses invalid field names, whitespace before the colon
-/// or the first field, obs-fold, and framing it cannot trust.
+/// Why a request is refused with 400 before it is forwarded: the RFC 9112 rules hyper leaves to
+/// the service. Its parser (httparse) already refuses invalid field names, whitespace before the
+/// colon or the first field, obs-fold, and framing it cannot trust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("an HTTP/1.1 request needs a Host header")]
     NoHost,
     #[error("more than one Host header")]
     ManyHosts,
+    /// RFC 9112 §6.1. hyper removes Content-Length before the service sees the request (and
+    /// frames it by Transfer-Encoding), so [`super::framing`] reports this one.
+    #[error("both Content-Length and Transfer-Encoding")]
+    ContentLengthWithTransferEncoding,
 }
 
 /// RFC 9112 §3.2: one `Host` in an HTTP/1.1 request, at most one in any request. With two, the

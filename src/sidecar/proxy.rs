@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, Verdict};
 use super::body::ProxyBody;
+use super::framing::BothLengths;
 use super::headers;
 use super::metrics::Metrics;
 use super::splice;
@@ -47,12 +49,24 @@ pub struct Proxy {
 pub struct ClientConn {
     client_ip: HeaderValue,
     upstream: Mutex<Option<SendRequest<Incoming>>>,
+    /// Requests received so far, to ask `both_lengths` about the current one.
+    requests: AtomicU64,
+    both_lengths: Arc<BothLengths>,
 }
 
 impl ClientConn {
-    pub fn new(ip: IpAddr) -> Self {
+    pub fn new(ip: IpAddr, both_lengths: Arc<BothLengths>) -> Self {
         let ip = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        Self { client_ip: ip, upstream: Mutex::new(None) }
+        Self { client_ip: ip, upstream: Mutex::new(None), requests: AtomicU64::new(0), both_lengths }
+    }
+
+    /// Count the request and apply the RFC 9112 rules hyper's parser leaves to the service.
+    fn check(&self, req: &Request<Incoming>) -> Result<(), headers::Error> {
+        let nth = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.both_lengths.is(nth) {
+            return Err(headers::Error::ContentLengthWithTransferEncoding);
+        }
+        headers::check_host(req.version(), req.headers())
     }
 
     fn take(&self) -> Option<SendRequest<Incoming>> {
@@ -94,7 +108,7 @@ impl Proxy {
         conn: Arc<ClientConn>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        if let Err(e) = headers::check_host(req.version(), req.headers()) {
+        if let Err(e) = conn.check(&req) {
             return Ok(bad_request(e));
         }
         let mut set_cookie = None;
