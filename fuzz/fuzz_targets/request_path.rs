@@ -3,8 +3,8 @@
 //! on loopback. Properties: no panic, every exchange ends within a bound, and once the runtime
 //! has dropped everything the live-connection count is back to zero.
 //!
-//! The pure parsers on that path (auth, headers, WebSocket frame tracking) are fed the same
-//! input directly as well.
+//! The pure parsers on that path (auth, headers, request framing, WebSocket frame tracking) are
+//! fed the same input directly as well.
 #![no_main]
 
 #[path = "../../tests/apps/testapp.rs"]
@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use libfuzzer_sys::fuzz_target;
 use spawner::sidecar::auth::Auth;
+use spawner::sidecar::framing::{BothLengths, Framing, Watched};
 use spawner::sidecar::metrics::Metrics;
 use spawner::sidecar::proxy::{ClientConn, Proxy};
 use spawner::sidecar::splice::FrameTracker;
@@ -49,6 +50,9 @@ fn pure_parsers(data: &[u8]) {
     let mut frames = FrameTracker::default();
     let n = frames.feed(data, data.first().is_some_and(|b| b & 1 == 1));
     assert!(n <= data.len());
+
+    // Requests are numbered from 1.
+    assert_ne!(Framing::new(32 * 1024, 100).feed(data), Some(0));
 
     let text = String::from_utf8_lossy(data);
     let mut map = http::HeaderMap::new();
@@ -94,7 +98,8 @@ fuzz_target!(|data: &[u8]| {
     let input = data.to_vec();
     world.runtime.block_on(async {
         let (mut client, server_io) = tokio::io::duplex(64 * 1024);
-        let conn = Arc::new(ClientConn::new([127, 0, 0, 1].into()));
+        let both_lengths = Arc::new(BothLengths::default());
+        let conn = Arc::new(ClientConn::new([127, 0, 0, 1].into(), both_lengths.clone()));
         let svc = {
             let proxy = proxy.clone();
             service_fn(move |req| proxy.clone().handle(conn.clone(), req))
@@ -106,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
             .max_header_size(32 * 1024)
             .max_headers(100)
             .max_buf_size(64 * 1024);
+        let server_io = Watched::new(server_io, Framing::new(32 * 1024, 100), both_lengths);
         let serving = server.serve_connection(TokioIo::new(server_io), svc).with_upgrades();
         let exchange = async move {
             let _ = client.write_all(&input).await;

@@ -20,8 +20,8 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn local(text: &'static str) -> Self {
-        Self::Local(Some(Bytes::from_static(text.as_bytes())))
+    pub fn local(text: impl Into<Bytes>) -> Self {
+        Self::Local(Some(text.into()))
     }
 
     pub fn empty() -> Self {

@@ -1,6 +1,8 @@
 //! Header rules of a forwarding proxy (RFC 9110 §7.6): hop-by-hop fields, upgrades and
-//! `X-Forwarded-*`. Pure functions over `HeaderMap`, so the rules are unit-tested without sockets.
+//! `X-Forwarded-*`, and the RFC 9112 rules hyper's parser leaves to the service. Pure functions
+//! over `HeaderMap`, so the rules are unit-tested without sockets.
 
+use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -8,6 +10,33 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Why a request is refused with 400 before it is forwarded: the RFC 9112 rules hyper leaves to
+/// the service. Its parser (httparse) already refuses invalid field names, whitespace before the
+/// colon or the first field, obs-fold, and framing it cannot trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("an HTTP/1.1 request needs a Host header")]
+    NoHost,
+    #[error("more than one Host header")]
+    ManyHosts,
+    /// RFC 9112 §6.1. hyper removes Content-Length before the service sees the request (and
+    /// frames it by Transfer-Encoding), so [`super::framing`] reports this one.
+    #[error("both Content-Length and Transfer-Encoding")]
+    ContentLengthWithTransferEncoding,
+}
+
+/// RFC 9112 §3.2: one `Host` in an HTTP/1.1 request, at most one in any request. With two, the
+/// app and whatever sits in front of the sidecar may each believe a different one; without one,
+/// the app would have to guess the site (and `X-Forwarded-Host` would be missing).
+pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), Error> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(Error::ManyHosts),
+        (None, _) if version == Version::HTTP_11 => Err(Error::NoHost),
+        _ => Ok(()),
+    }
+}
 
 /// True when `value` (a comma-separated list) contains `token`, compared case-insensitively.
 pub fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -103,6 +132,15 @@ mod tests {
             m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         m
+    }
+
+    #[test]
+    fn one_host_is_required_in_http_1_1_and_more_than_one_is_refused_in_any_version() {
+        assert_eq!(check_host(Version::HTTP_11, &map(&[("host", "h")])), Ok(()));
+        assert_eq!(check_host(Version::HTTP_11, &map(&[])), Err(Error::NoHost));
+        assert_eq!(check_host(Version::HTTP_11, &map(&[("host", "h"), ("host", "h")])), Err(Error::ManyHosts));
+        assert_eq!(check_host(Version::HTTP_10, &map(&[])), Ok(()));
+        assert_eq!(check_host(Version::HTTP_10, &map(&[("host", "h"), ("host", "e")])), Err(Error::ManyHosts));
     }
 
     #[test]

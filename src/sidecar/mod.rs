@@ -1,7 +1,8 @@
 //! The sidecar: a WebSocket-aware reverse proxy in every backend pod (see the README).
 //!
-//! - [`proxy`]: the public port: auth ([`auth`]), readiness gate, header rules ([`headers`]),
-//!   streaming ([`body`]) and upgrades ([`splice`]) to the app on 127.0.0.1.
+//! - [`proxy`]: the public port: auth ([`auth`]), readiness gate, header rules ([`headers`],
+//!   with [`framing`] for what hyper's parser hides), streaming ([`body`]) and upgrades
+//!   ([`splice`]) to the app on 127.0.0.1.
 //! - [`state`]: live-connection accounting and readiness ([`readiness`]), published as the event
 //!   stream of [`event`] on the admin port ([`admin`]) with health and [`metrics`].
 //! - [`run`]: both listeners and the graceful shutdown.
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod event;
+pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
@@ -117,10 +119,14 @@ impl Sidecar {
             let server = server.clone();
             let stop = stop_http.clone();
             let conns = http_conns.clone();
+            let (max_head_bytes, max_headers) = (config.max_header_bytes, config.max_headers);
             tokio::spawn(accept_loop(proxy_listener, stop.clone(), move |tcp, peer| {
                 let proxy = proxy.clone();
-                let client = Arc::new(proxy::ClientConn::new(peer.ip()));
+                let both_lengths = Arc::new(framing::BothLengths::default());
+                let client = Arc::new(proxy::ClientConn::new(peer.ip(), both_lengths.clone()));
                 let svc = service_fn(move |req| proxy.clone().handle(client.clone(), req));
+                let framing = framing::Framing::new(max_head_bytes, max_headers);
+                let tcp = framing::Watched::new(tcp, framing, both_lengths);
                 let conn = server.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
                 let stop = stop.clone();
                 conns.spawn(async move {

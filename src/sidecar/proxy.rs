@@ -3,9 +3,11 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Auth, Verdict};
 use super::body::ProxyBody;
+use super::framing::BothLengths;
 use super::headers;
 use super::metrics::Metrics;
 use super::splice;
@@ -46,12 +49,24 @@ pub struct Proxy {
 pub struct ClientConn {
     client_ip: HeaderValue,
     upstream: Mutex<Option<SendRequest<Incoming>>>,
+    /// Requests received so far, to ask `both_lengths` about the current one.
+    requests: AtomicU64,
+    both_lengths: Arc<BothLengths>,
 }
 
 impl ClientConn {
-    pub fn new(ip: IpAddr) -> Self {
+    pub fn new(ip: IpAddr, both_lengths: Arc<BothLengths>) -> Self {
         let ip = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-        Self { client_ip: ip, upstream: Mutex::new(None) }
+        Self { client_ip: ip, upstream: Mutex::new(None), requests: AtomicU64::new(0), both_lengths }
+    }
+
+    /// Count the request and apply the RFC 9112 rules hyper's parser leaves to the service.
+    fn check(&self, req: &Request<Incoming>) -> Result<(), headers::Error> {
+        let nth = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.both_lengths.is(nth) {
+            return Err(headers::Error::ContentLengthWithTransferEncoding);
+        }
+        headers::check_host(req.version(), req.headers())
     }
 
     fn take(&self) -> Option<SendRequest<Incoming>> {
@@ -71,10 +86,19 @@ enum Failure {
     Timeout,
 }
 
-fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+fn local(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// 400 for a request the sidecar will not forward, closing the connection: after a message it
+/// refuses, the sidecar does not trust the rest of the stream to be framed as the client meant.
+fn bad_request(e: headers::Error) -> Response<ProxyBody> {
+    tracing::debug!(error = %e, "refused a malformed request");
+    let mut resp = local(StatusCode::BAD_REQUEST, format!("400 bad request: {e}\n"));
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -84,6 +108,9 @@ impl Proxy {
         conn: Arc<ClientConn>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Err(e) = conn.check(&req) {
+            return Ok(bad_request(e));
+        }
         let mut set_cookie = None;
         if let Some(auth) = &self.auth {
             let (parts, body) = req.into_parts();
