@@ -10,10 +10,12 @@ pub mod admin_http;
 pub mod cli;
 pub mod controllers;
 pub mod crd;
+pub mod process;
 pub mod proxy_config;
 pub mod rbac;
 pub mod sidecar;
 pub mod sweeper;
+pub mod text;
 
 /// Names shared by the manifests and the binaries.
 pub mod names {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -36,6 +36,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
+
+use spawner::process::{LogFilter, LogFormat, cancel_on_stop_signal, init_logging};
 
 use room::{ClientId, ClientMessage, Outbox, Room, ServerMessage};
 
@@ -59,12 +61,6 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 /// The room plus a way to reach every connected client.
@@ -105,12 +101,7 @@ struct Context {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    init_logging(args.log_format, LogFilter::Directives("info"));
 
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -119,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let context = Context { hub: Arc::default(), shutdown: shutdown.clone(), _alive: alive_tx };
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(cancel_on_stop_signal(shutdown.clone()));
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -145,15 +136,6 @@ async fn main() -> anyhow::Result<()> {
         warn!("connections still open after the shutdown grace period; exiting anyway");
     }
     Ok(())
-}
-
-async fn signal_shutdown(token: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    token.cancel();
 }
 
 async fn serve_connection(context: Context, stream: tokio::net::TcpStream, peer: SocketAddr) {

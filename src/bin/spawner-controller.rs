@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use spawner::controllers::{self, Config, Options, context, pod::SidecarConfig};
+use spawner::process::{LogFilter, LogFormat, cancel_on_stop_signal, init_logging};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -59,12 +60,6 @@ struct Cli {
     identity: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
-
 /// `90s`, `10m`, `1h` or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -78,15 +73,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 /// A pod's name is unique among live pods and survives a restart of its container, so a
 /// controller restarted in place (after losing its Lease to an API server outage, say) finds
@@ -108,7 +94,7 @@ fn identity(explicit: Option<String>) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    init_logging(cli.log_format, LogFilter::Directives("info,kube_runtime=warn"));
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
         Err(e) => {
@@ -130,7 +116,7 @@ async fn main() -> ExitCode {
         identity: identity(cli.identity),
     };
     let stop = CancellationToken::new();
-    tokio::spawn(stop_on_signal(stop.clone()));
+    tokio::spawn(cancel_on_stop_signal(stop.clone()));
     info!(namespace = ?options.namespace, identity = %options.identity, "starting");
     match controllers::run(client, options, stop).await {
         Ok(()) => {
@@ -142,20 +128,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// SIGTERM (the kubelet) or Ctrl-C: stop taking work, finish what is in flight, release the Lease.
-async fn stop_on_signal(stop: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
-    }
-    stop.cancel();
 }

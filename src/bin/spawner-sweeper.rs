@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use http::Uri;
+use spawner::process::{LogFilter, LogFormat, cancel_on_stop_signal, init_logging};
 use spawner::sweeper::{self, Mode, Options, follower};
 use tokio_util::sync::CancellationToken;
 
@@ -42,15 +43,9 @@ struct Args {
     static_grace_seconds: f64,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    init_logging(args.log_format, LogFilter::Directives("info"));
     // One thread is plenty: the work is a few hundred idle sockets and timers, and a single
     // thread keeps the per-node footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -80,32 +75,6 @@ async fn run(args: Args) -> Result<(), sweeper::Error> {
     };
     let options = Options { mode, metrics_addr: args.metrics_addr, follower: follower::Config::default() };
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(cancel_on_stop_signal(shutdown.clone()));
     sweeper::run(options, shutdown).await
-}
-
-/// Cancels `shutdown` on SIGTERM (the kubelet) or SIGINT (a terminal).
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr: in test mode stdout carries the sweep lines.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }

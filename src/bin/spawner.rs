@@ -2,27 +2,23 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use spawner::cli::{Cli, LogFormat, run};
+use spawner::cli::{Cli, run};
+use spawner::process::{LogFilter, Stop, init_logging, stop_signal};
 
 fn main() {
     let cli = Cli::parse();
     // Diagnostics go to stderr and stay quiet unless asked for: stdout is for results.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.global.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    init_logging(cli.global.log_format, LogFilter::Directives("warn"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         let mut stdout = std::io::stdout().lock();
         tokio::select! {
             result = run(cli, &mut stdout) => result.map_err(|e| (e.to_string(), e.exit_code())),
             // A wait interrupted by a person or a supervisor: say so and leave with the usual code.
-            _ = tokio::signal::ctrl_c() => Err(("interrupted".to_owned(), 130)),
-            _ = terminate.recv() => Err(("terminated".to_owned(), 143)),
+            stop = stop_signal() => Err((
+                if stop == Stop::Interrupt { "interrupted" } else { "terminated" }.to_owned(),
+                stop.exit_code(),
+            )),
         }
     });
     if let Err((message, code)) = result {

@@ -72,26 +72,12 @@ impl Error {
     pub fn api(action: impl Into<String>, error: kube::Error) -> Error {
         let message = match &error {
             kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-            other => chain(other),
+            other => crate::text::ErrorChain(other).to_string(),
         };
         Error::Api { action: action.into(), message }
     }
 }
 
-/// An error and its sources on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
 
 /// The HTTP status of an API error, if it is one.
 pub fn status_code(error: &kube::Error) -> Option<u16> {

@@ -59,11 +59,7 @@ pub struct Global {
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::process::LogFormat;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {

@@ -13,6 +13,7 @@ use kube::runtime::events::EventType;
 use crate::controllers::lifetime;
 use crate::crd::{Condition, ConditionType, Phase, SessionLivedBackend, SessionLivedBackendStatus};
 use crate::names;
+use crate::text::truncate;
 
 /// Stable reasons, shared by conditions and Events (clients may match on them). While a
 /// container waits for something a person must fix, the Ready condition carries the kubelet's
@@ -171,7 +172,7 @@ pub fn derive_status(
     (new.reason, new.message) = if is_ready {
         (None, None)
     } else {
-        (Some(ready.reason.clone()), Some(truncate(ready.message.clone(), MAX_MESSAGE_BYTES)))
+        (Some(ready.reason.clone()), Some(truncate(&ready.message, MAX_MESSAGE_BYTES).to_string()))
     };
     let failed = match failed {
         Some(cause) => (true, cause),
@@ -295,7 +296,7 @@ fn condition(
         type_: type_.as_str().to_string(),
         status,
         reason: cause.reason,
-        message: truncate(cause.message, MAX_MESSAGE_BYTES),
+        message: truncate(&cause.message, MAX_MESSAGE_BYTES).to_string(),
         last_transition_time,
         observed_generation,
     }
@@ -378,17 +379,6 @@ fn pod_condition_true(conditions: Option<&[k8s_openapi::api::core::v1::PodCondit
     pod_condition(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-pub(crate) fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
 
 #[cfg(test)]
 mod tests;

@@ -5,14 +5,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::process::LogFormat;
 
 /// WebSocket-aware reverse proxy in front of a session-lived backend's app.
 #[derive(Clone, Debug, Parser)]

@@ -20,6 +20,8 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::text::truncate;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
@@ -567,12 +569,6 @@ impl kube::runtime::utils::Backoff for Backoff {
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -34,25 +34,7 @@ use tokio_util::sync::CancellationToken;
 use follower::{Sweep, SweepError, SweepOutcome, Sweeper, Target};
 use metrics::Metrics;
 
-/// Displays an error with its sources, `a: b: c`, skipping a source whose message the text
-/// already contains (kube's errors repeat their sources in their own message).
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut text = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            let message = err.to_string();
-            if !text.contains(&message) {
-                text.push_str(": ");
-                text.push_str(&message);
-            }
-            source = err.source();
-        }
-        f.write_str(&text)
-    }
-}
+pub use crate::text::ErrorChain;
 
 /// Errors that stop the sweeper.
 #[derive(Debug, thiserror::Error)]

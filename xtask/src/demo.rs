@@ -1,20 +1,22 @@
 //! The drop-four demo backend that `cargo xtask deploy` ends with.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
 
 /// Creates a drop-four backend with the `spawner` CLI, waits until it is Ready and its page is
 /// served through the reverse proxy, and returns its URL (with the token).
 pub fn create(kubeconfig: &Path) -> Result<String> {
     let cli = crate::target_dir().join("release/spawner");
     println!("==> spawner create --image {} --wait", spawner::names::image("demo-drop-four"));
-    let out = Command::new(&cli)
-        .args(["--namespace", "default", "create", "--generate-name", "drop-four-"])
-        .args(["--image", &spawner::names::image("demo-drop-four"), "--wait", "--timeout", "180s"])
+    let sh = Shell::new()?;
+    let image = spawner::names::image("demo-drop-four");
+    let out = cmd!(sh, "{cli} --namespace default create --generate-name drop-four- --image {image} --wait --timeout 180s")
         .env("KUBECONFIG", kubeconfig)
+        .quiet()
+        .ignore_status()
         .output()
         .with_context(|| format!("running {}", cli.display()))?;
     if !out.status.success() {
@@ -35,14 +37,13 @@ pub fn create(kubeconfig: &Path) -> Result<String> {
 /// moment, during which the proxy answers 502 or 504. The URL printed must work when opened, so
 /// wait (bounded) until the page comes back.
 fn wait_until_served(url: &str) -> Result<()> {
+    let sh = Shell::new()?;
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < Duration::from_secs(30) {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
-            .output()
-            .context("running curl")?;
-        last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let write_out = "%{http_code}";
+        let out = cmd!(sh, "curl -s -o /dev/null -w {write_out} --max-time 5 {url}").quiet().ignore_status().output();
+        last = String::from_utf8_lossy(&out.context("running curl")?.stdout).trim().to_string();
         if last == "200" {
             if started.elapsed() > Duration::from_secs(1) {
                 println!("    served through the proxy after {:.1?}", started.elapsed());

@@ -4,7 +4,7 @@
 //! mapped to the host); otherwise the local cluster of `cargo xtask cluster`.
 
 use std::path::PathBuf;
-use std::process::Command;
+use xshell::{Shell, cmd};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -72,8 +72,9 @@ pub fn existing(kubeconfig: &PathBuf, base_url: &str, demo: bool) -> Result<()> 
 
 /// kind on PATH and a Docker engine that answers: a user's machine set up for kind.
 fn kind_available() -> bool {
-    let ok = |cmd: &str, args: &[&str]| Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
-    ok("kind", &["version"]) && ok("docker", &["info"])
+    let Ok(sh) = Shell::new() else { return false };
+    let quiet = |c: xshell::Cmd<'_>| c.quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    quiet(cmd!(sh, "kind version")) && quiet(cmd!(sh, "docker info"))
 }
 
 /// Where the overlay that pins config/default's images is written (inside the checkout: kustomize
@@ -160,10 +161,12 @@ pub fn remove(kubeconfig: &PathBuf) -> Result<()> {
 }
 
 pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
-    let out = Command::new("kubectl")
-        .args(args)
+    let sh = Shell::new()?;
+    sh.change_dir(crate::project_root());
+    let out = cmd!(sh, "kubectl {args...}")
         .env("KUBECONFIG", kubeconfig)
-        .current_dir(crate::project_root())
+        .quiet()
+        .ignore_status()
         .output()
         .context("running kubectl")?;
     if !out.status.success() {

@@ -1,9 +1,8 @@
 //! Debian packages the local cluster, kind, the images, the benchmarks and the tests need,
 //! installed when missing: the preparation every `cargo xtask` entry point shares.
 
-use std::process::Command;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use xshell::{Shell, cmd};
 
 /// Package, and why it is needed.
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -24,30 +23,25 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ipset", "kube-router's NetworkPolicy enforcement in the kind node image"),
 ];
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+fn installed(sh: &Shell, package: &str) -> bool {
+    let format = "-f=${Status}";
+    let status = cmd!(sh, "dpkg-query -W {format} {package}").quiet().ignore_stderr().read();
+    status.is_ok_and(|s| s.contains("install ok installed"))
 }
 
 /// Installs whatever of [`PACKAGES`] is missing (one `apt-get update`, one `apt-get install`).
 pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    let sh = Shell::new()?;
+    let missing: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(&sh, p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     println!("==> apt-get install {}", missing.join(" "));
     let apt = |args: &[&str]| -> Result<()> {
-        let status = Command::new("apt-get")
-            .args(args)
+        cmd!(sh, "apt-get {args...}")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get (the local cluster needs root and Debian)")?;
-        if !status.success() {
-            bail!("apt-get {} failed ({status})", args.join(" "));
-        }
-        Ok(())
+            .run()
+            .context("apt-get failed (the project's setup needs root and Debian)")
     };
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];

@@ -6,10 +6,11 @@
 //! `images/Dockerfile` builds the same images in multi-stage builds.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+use xshell::{Shell, cmd};
 
 use crate::oci::{Built, ImageSpec, build_image_to};
 
@@ -60,12 +61,10 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
     let builds = [bins.collect::<Vec<_>>(), examples.collect()];
     for targets in builds.into_iter().filter(|targets| !targets.is_empty()) {
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.current_dir(&root).args(["build", "--release", "--package", "spawner"]).args(targets);
-        let status = cargo.status().context("running cargo build --release")?;
-        if !status.success() {
-            bail!("cargo build --release failed ({status})");
-        }
+        let sh = Shell::new()?;
+        sh.change_dir(&root);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        cmd!(sh, "{cargo} build --release --package spawner {targets...}").quiet().run().context("cargo build --release failed")?;
     }
     println!("    built in {:.1?}", started.elapsed());
 
@@ -145,7 +144,8 @@ fn nginx_image() -> Result<ImageSpec> {
 
 /// The shared libraries a dynamically linked binary loads, as (host path, image path, mode).
 pub fn shared_libraries(binary: &Path) -> Result<Vec<(PathBuf, String, u32)>> {
-    let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
+    let sh = Shell::new()?;
+    let out = cmd!(sh, "ldd {binary}").quiet().ignore_status().output().context("running ldd")?;
     if !out.status.success() {
         // A static binary: nothing to add.
         return Ok(Vec::new());

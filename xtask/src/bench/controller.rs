@@ -6,7 +6,6 @@
 //! this runs it in release mode with the settings below and lets it print its report.
 //! Targets: throughput >= 80% of the raw client's; Ready overhead p50 <= 100 ms.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
@@ -29,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the repository")?;
+    let root = &crate::project_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("building and running the controller benchmark (release)");
     let status = Command::new(cargo)

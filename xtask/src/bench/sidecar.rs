@@ -53,7 +53,7 @@ const IDLE_RSS_TARGET_KIB: u64 = 4 * 1024;
 const WS_RSS_TARGET_KIB: u64 = 24 * 1024;
 
 pub fn run(args: &Args) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the repository")?;
+    let root = &crate::project_root();
     ensure_tools()?;
     if !args.no_build {
         eprintln!("building release binaries (spawner-sidecar, example spawner-testapp)");

@@ -37,7 +37,7 @@ const RSS_TARGET_KIB: u64 = 16 * 1024;
 const LATENESS_P99_TARGET: Duration = Duration::from_secs(1);
 
 pub fn run() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the repository")?;
+    let root = &crate::project_root();
     let bins = build_release(root)?;
 
     let release = Arc::new(AtomicBool::new(false));

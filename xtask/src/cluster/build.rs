@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::{KUBE_VERSION, cache_root, repo_root};
+use super::{KUBE_VERSION, cache_root};
+
 
 pub const KUBE_COMMANDS: &[&str] =
     &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
@@ -65,7 +66,7 @@ fn kube_commands(commands: &[&str]) -> Result<Bins> {
             missing.join(", "),
             log.display()
         );
-        go_build(&repo_root().join("hack/kube"), &dir, &pkgs, &kube_ldflags(), &log)?;
+        go_build(&crate::project_root().join("hack/kube"), &dir, &pkgs, &kube_ldflags(), &log)?;
     }
     Ok(Bins { dir })
 }
@@ -96,7 +97,7 @@ pub fn coredns_binary() -> Result<PathBuf> {
     if !bin.exists() {
         let log = cache_root()?.join("coredns").join(format!("build-{COREDNS_VERSION}.log"));
         println!("    building CoreDNS {COREDNS_VERSION} (cold: a few minutes; log {})", log.display());
-        go_build(&repo_root().join("hack/coredns"), &dir, &[".".to_string()], "-s -w", &log)?;
+        go_build(&crate::project_root().join("hack/coredns"), &dir, &[".".to_string()], "-s -w", &log)?;
         let built = dir.join("coredns");
         if !built.exists() {
             bail!("CoreDNS build produced no {}", built.display());
@@ -111,7 +112,7 @@ pub fn pause_binary() -> Result<PathBuf> {
     let bin = dir.join("pause");
     if !bin.exists() {
         let log = cache_root()?.join("pause").join(format!("build-{PAUSE_VERSION}.log"));
-        go_build(&repo_root().join("hack/pause"), &dir, &[".".to_string()], "-s -w", &log)?;
+        go_build(&crate::project_root().join("hack/pause"), &dir, &[".".to_string()], "-s -w", &log)?;
     }
     Ok(bin)
 }
@@ -166,7 +167,7 @@ pub fn hack_binary(module: &str, version: &str, package: &str, name: &str) -> Re
     if !bin.exists() {
         let log = cache_root()?.join(module).join(format!("build-{version}.log"));
         println!("    building {package} {version} (cold: a minute or two; log {})", log.display());
-        go_build(&repo_root().join("hack").join(module), &dir, &[package.to_string()], "-s -w", &log)?;
+        go_build(&crate::project_root().join("hack").join(module), &dir, &[package.to_string()], "-s -w", &log)?;
         if !bin.exists() {
             bail!("building {package} produced no {}", bin.display());
         }

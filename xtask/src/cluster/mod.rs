@@ -108,10 +108,6 @@ pub fn cache_root() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("spawner"))
 }
 
-/// The repository root (the parent of the xtask crate).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent dir").to_path_buf()
-}
 
 /// Path of the admin kubeconfig (`cluster-admin` via `system:masters`). It exists once `up` ran.
 pub fn kubeconfig_path() -> PathBuf {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use xshell::cmd;
+use xshell::{Shell, cmd};
 
 use crate::cluster::{build, cache_root};
 use crate::docker::Engine;
@@ -93,10 +93,9 @@ pub fn module_dir() -> Result<PathBuf> {
 
 /// The kind CLI: one on PATH if it is [`KIND_VERSION`], else our build.
 pub fn binary() -> Result<PathBuf> {
-    let on_path = std::process::Command::new("kind").arg("version").output();
-    if let Ok(out) = on_path
-        && out.status.success()
-        && String::from_utf8_lossy(&out.stdout).contains(&format!("kind {KIND_VERSION} "))
+    let on_path = Shell::new().and_then(|sh| cmd!(sh, "kind version").quiet().ignore_stderr().read());
+    if let Ok(version) = on_path
+        && version.contains(&format!("kind {KIND_VERSION} "))
     {
         return Ok(PathBuf::from("kind"));
     }

@@ -1,0 +1,93 @@
+//! Process setup, written once for every binary and the demo: the `--log-format` values,
+//! logging on stderr, and the shutdown signal.
+
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, the event's fields at the top level.
+    Json,
+}
+
+/// What `RUST_LOG` is read as.
+#[derive(Clone, Copy, Debug)]
+pub enum LogFilter<'a> {
+    /// Full `EnvFilter` directives, with this default when `RUST_LOG` is unset.
+    Directives(&'a str),
+    /// Only `level` or `target=level,...` (the regex-free `Targets` filter), INFO by default:
+    /// for the sidecar, which runs in every pod — a smaller binary and a lower idle RSS.
+    Targets,
+}
+
+/// Logs to stderr (stdout is left to the program's results).
+pub fn init_logging(format: LogFormat, filter: LogFilter) {
+    match filter {
+        LogFilter::Directives(default) => {
+            install(format, EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        }
+        LogFilter::Targets => {
+            let targets = std::env::var("RUST_LOG")
+                .ok()
+                .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+                .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+            install(format, targets)
+        }
+    }
+}
+
+fn install<F: Filter<Registry> + Send + Sync + 'static>(format: LogFormat, filter: F) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let layer = match format {
+        LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// Which signal asked the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: the kubelet or a supervisor.
+    Terminate,
+    /// SIGINT: Ctrl-C at a terminal.
+    Interrupt,
+}
+
+impl Stop {
+    /// The shell's exit code for a process ended by this signal (128 + its number).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Stop::Terminate => 143,
+            Stop::Interrupt => 130,
+        }
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT. If the handlers cannot be installed (no signal
+/// support), it never resolves and says so once: the process then stops only by SIGKILL.
+pub async fn stop_signal() -> Stop {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => Stop::Terminate,
+        _ = int.recv() => Stop::Interrupt,
+    }
+}
+
+/// Cancels `token` at the first SIGTERM or SIGINT, logging which (spawned by long-running
+/// binaries that shut down gracefully).
+pub async fn cancel_on_stop_signal(token: tokio_util::sync::CancellationToken) {
+    let stop = stop_signal().await;
+    tracing::info!(signal = ?stop, "shutting down");
+    token.cancel();
+}
