@@ -78,7 +78,6 @@ impl Error {
     }
 }
 
-
 /// The HTTP status of an API error, if it is one.
 pub fn status_code(error: &kube::Error) -> Option<u16> {
     match error {

@@ -13,12 +13,13 @@ pub fn create(kubeconfig: &Path) -> Result<String> {
     println!("==> spawner create --image {} --wait", spawner::names::image("demo-drop-four"));
     let sh = Shell::new()?;
     let image = spawner::names::image("demo-drop-four");
-    let out = cmd!(sh, "{cli} --namespace default create --generate-name drop-four- --image {image} --wait --timeout 180s")
-        .env("KUBECONFIG", kubeconfig)
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| format!("running {}", cli.display()))?;
+    let out =
+        cmd!(sh, "{cli} --namespace default create --generate-name drop-four- --image {image} --wait --timeout 180s")
+            .env("KUBECONFIG", kubeconfig)
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {}", cli.display()))?;
     if !out.status.success() {
         bail!("creating the demo backend failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }

@@ -64,7 +64,10 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
         let sh = Shell::new()?;
         sh.change_dir(&root);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        cmd!(sh, "{cargo} build --release --package spawner {targets...}").quiet().run().context("cargo build --release failed")?;
+        cmd!(sh, "{cargo} build --release --package spawner {targets...}")
+            .quiet()
+            .run()
+            .context("cargo build --release failed")?;
     }
     println!("    built in {:.1?}", started.elapsed());
 
