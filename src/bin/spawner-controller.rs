@@ -73,7 +73,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-
 /// A pod's name is unique among live pods and survives a restart of its container, so a
 /// controller restarted in place (after losing its Lease to an API server outage, say) finds
 /// its own name on the Lease and takes it back at once instead of waiting out the lease

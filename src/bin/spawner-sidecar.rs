@@ -35,10 +35,11 @@ fn main() -> ExitCode {
         };
         println!("listening proxy={} admin={}", sidecar.proxy_addr(), sidecar.admin_addr());
         tracing::info!(proxy = %sidecar.proxy_addr(), admin = %sidecar.admin_addr(), "listening");
-        sidecar.run(async {
-            stop_signal().await;
-        })
-        .await;
+        sidecar
+            .run(async {
+                stop_signal().await;
+            })
+            .await;
         ExitCode::SUCCESS
     })
 }

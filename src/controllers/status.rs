@@ -379,6 +379,5 @@ fn pod_condition_true(conditions: Option<&[k8s_openapi::api::core::v1::PodCondit
     pod_condition(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
-
 #[cfg(test)]
 mod tests;

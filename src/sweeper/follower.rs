@@ -569,7 +569,6 @@ impl kube::runtime::utils::Backoff for Backoff {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

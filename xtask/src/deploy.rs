@@ -4,8 +4,8 @@
 //! mapped to the host); otherwise the local cluster of `cargo xtask cluster`.
 
 use std::path::PathBuf;
-use xshell::{Shell, cmd};
 use std::time::Instant;
+use xshell::{Shell, cmd};
 
 use anyhow::{Context, Result, bail};
 

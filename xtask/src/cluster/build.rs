@@ -11,7 +11,6 @@ use anyhow::{Context, Result, bail};
 
 use super::{KUBE_VERSION, cache_root};
 
-
 pub const KUBE_COMMANDS: &[&str] =
     &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"];
 /// Further commands of the same Kubernetes build that only the kind node image carries.

@@ -108,7 +108,6 @@ pub fn cache_root() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("spawner"))
 }
 
-
 /// Path of the admin kubeconfig (`cluster-admin` via `system:masters`). It exists once `up` ran.
 pub fn kubeconfig_path() -> PathBuf {
     Layout::new().map(|l| l.kubeconfig("admin")).unwrap_or_else(|_| PathBuf::from("admin.kubeconfig"))
