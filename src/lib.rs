@@ -8,6 +8,7 @@
 
 pub mod admin_http;
 pub mod cli;
+pub mod client;
 pub mod controllers;
 pub mod crd;
 pub mod process;

@@ -187,7 +187,7 @@ async fn an_unpullable_image_is_named_by_get_list_wait_and_connect() {
     assert!(row[3] == "ErrImagePull" || row[3] == "ImagePullBackOff", "{table}");
 
     // `connect` to a key whose backend is stuck the same way says why when it gives up.
-    let name = spawner::cli::names::name_for_key("stuck room");
+    let name = spawner::client::names::name_for_key("stuck room");
     let connect = ["connect", "stuck room", "--image", UNPULLABLE, "--timeout", "1s"];
     let first = fails(&env, &connect);
     assert!(first.contains("is not Ready after 1s"), "{first}");
@@ -268,7 +268,7 @@ async fn e2e_racing_connects_with_one_key_reach_one_backend() {
         })
         .collect();
     assert!(urls.iter().all(|u| u == &urls[0]), "{urls:#?}");
-    let name = spawner::cli::names::name_for_key("room 42");
+    let name = spawner::client::names::name_for_key("room 42");
     assert!(urls[0].contains(&format!("/p/{}/{name}/?token=", env.namespace)), "{}", urls[0]);
     let backends = Api::<SessionLivedBackend>::namespaced(env.client.clone(), &env.namespace)
         .list(&ListParams::default())
@@ -292,7 +292,7 @@ async fn e2e_connect_reports_its_failed_backend_and_the_next_connect_replaces_it
     let env = TestEnv::new("cli-connect-failed").await;
     let broken = ["connect", "doomed", "--image", "localhost/spawner/does-not-exist:0", "--startup-timeout", "5"];
     let error = fails(&env, &[&broken[..], &["--timeout", "2m"]].concat());
-    let name = spawner::cli::names::name_for_key("doomed");
+    let name = spawner::client::names::name_for_key("doomed");
     assert!(
         error.starts_with(&format!("error: backend \"{name}\" in namespace \"{}\" failed: ", env.namespace)),
         "{error}"

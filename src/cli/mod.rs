@@ -2,12 +2,10 @@
 //! and print the URL (with its access token) a browser opens. A thin layer over the Kubernetes
 //! API: everything it does, `kubectl` can do too.
 //!
-//! [`backend`] holds the operations (also used by `cargo xtask deploy`), [`output`] the
-//! printing; this module parses the command line and runs one command.
+//! [`crate::client`] holds the operations, [`output`] the printing; this module parses the
+//! command line and runs one command.
 
-pub mod backend;
 pub mod error;
-pub mod names;
 pub mod output;
 
 use std::io::Write;
@@ -19,9 +17,9 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
-use self::backend::{BackendRequest, Naming, Scope, phase_of};
 pub use self::error::Error;
 use self::output::{Access, Format};
+use crate::client::{BackendRequest, Backends, Naming, names, phase_of};
 use crate::crd::{AuthMode, SessionLivedBackend};
 
 #[derive(Parser, Debug)]
@@ -251,11 +249,11 @@ async fn client_config(global: &Global) -> Result<Config, Error> {
     config.map_err(|e| Error::Config(e.to_string()))
 }
 
-async fn scope(global: &Global) -> Result<Scope, Error> {
+async fn scope(global: &Global) -> Result<Backends, Error> {
     let config = client_config(global).await?;
     let namespace = global.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
-    Ok(Scope::new(client, namespace))
+    Ok(Backends::new(client, namespace))
 }
 
 /// Runs one command, writing its result to `out`.
@@ -369,7 +367,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
 }
 
 async fn print_access(
-    scope: &Scope,
+    scope: &Backends,
     backend: &SessionLivedBackend,
     format: Format,
     print: &mut impl FnMut(String) -> Result<(), Error>,

@@ -4,8 +4,8 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 
-use super::backend::{condition, phase_of};
 use super::error::Error;
+use crate::client::{condition, phase_of};
 use crate::crd::SessionLivedBackend;
 
 /// `--output`.
@@ -135,7 +135,7 @@ pub fn short_duration(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::backend::{BackendRequest, Naming};
+    use crate::client::{BackendRequest, Naming};
     use crate::crd::{Phase, SessionLivedBackendStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

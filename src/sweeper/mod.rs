@@ -14,6 +14,7 @@
 //! (`cargo xtask bench sweeper`) runs the real binary this way.
 
 pub mod follower;
+mod guards;
 pub mod metrics;
 pub mod pods;
 pub mod rule;
@@ -92,7 +93,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             for url in targets {
                 let target = Target { name: url.to_string(), url, grace };
                 let (status, _) = watch::channel(follower::Status::default());
-                let guard = follower::GaugeGuard::inc(&metrics.followed_backends);
+                let guard = guards::GaugeGuard::inc(&metrics.followed_backends);
                 let follow =
                     follower::follow(target, sweeper.clone(), options.follower.clone(), metrics.clone(), status);
                 tasks.spawn(async move {

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ErrorChain;
-use super::follower::{self, Backoff, GaugeGuard, Target, follow};
+use super::follower::{self, Target, follow};
+use super::guards::{Backoff, GaugeGuard};
 use super::metrics::Metrics;
 use super::sweep::{ApiSweeper, BackendRef};
 use crate::crd::SessionLivedBackend;

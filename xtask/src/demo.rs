@@ -4,32 +4,27 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use kube::ResourceExt;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use spawner::client::{BackendRequest, Backends, Naming};
 use xshell::{Shell, cmd};
 
-/// Creates a drop-four backend with the `spawner` CLI, waits until it is Ready and its page is
-/// served through the reverse proxy, and returns its URL (with the token).
+/// Creates a drop-four backend through Spawner's client library (as `spawner create --wait`
+/// does), waits until it is Ready and its page is served through the reverse proxy, and returns
+/// its URL (with the token).
 pub fn create(kubeconfig: &Path) -> Result<String> {
-    let cli = crate::target_dir().join("release/spawner");
-    println!("==> spawner create --image {} --wait", spawner::names::image("demo-drop-four"));
-    let sh = Shell::new()?;
     let image = spawner::names::image("demo-drop-four");
-    let out =
-        cmd!(sh, "{cli} --namespace default create --generate-name drop-four- --image {image} --wait --timeout 180s")
-            .env("KUBECONFIG", kubeconfig)
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| format!("running {}", cli.display()))?;
-    if !out.status.success() {
-        bail!("creating the demo backend failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let url = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with("http"))
-        .map(|l| l.trim().to_string())
-        .context("the CLI printed no URL")?;
+    println!("==> demo backend from {image}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let url = runtime.block_on(async {
+        let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let backends = Backends::new(kube::Client::try_from(config)?, "default");
+        let request = BackendRequest::new(Naming::GenerateName("drop-four-".into()), image);
+        let created = backends.create(&request).await?;
+        let ready = backends.wait_ready(&created.name_any(), Duration::from_secs(180)).await?;
+        anyhow::Ok(backends.access_url(&ready).await?)
+    })?;
     wait_until_served(&url)?;
     Ok(url)
 }

@@ -57,7 +57,7 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     // binaries, those dependencies' features would be unified into the binaries (larger images,
     // a longer build). So: a build of their own, and none for `deploy`.
     let test_images = if test_images { TEST_IMAGES } else { &[] };
-    let bins = RUST_IMAGES.iter().map(|(_, bin)| bin).chain(&["spawner"]).flat_map(|bin| ["--bin", bin]);
+    let bins = RUST_IMAGES.iter().flat_map(|(_, bin)| ["--bin", bin]);
     let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
     let builds = [bins.collect::<Vec<_>>(), examples.collect()];
     for targets in builds.into_iter().filter(|targets| !targets.is_empty()) {

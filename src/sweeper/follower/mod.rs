@@ -10,25 +10,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use rand::Rng;
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+mod stream;
 
-use crate::text::truncate;
+use futures::future::BoxFuture;
+use http::{StatusCode, Uri};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
+use super::guards::{Backoff, GaugeGuard};
 use super::metrics::{Metrics, StreamErrorKind, SweepResult};
 use super::rule::{self, Decision};
 use super::{ErrorChain, sse};
 use crate::sidecar::event::{EVENTS_PATH, HEARTBEAT, IdleState};
+use crate::text::truncate;
+use stream::{EventStream, open};
 
 /// Why a stream was given up. Each is logged, counted and followed by a reconnect.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +216,42 @@ struct Follower {
     sweep_not_before: Option<Instant>,
 }
 
+/// What one connected stream has told so far.
+struct Reading {
+    parser: sse::Parser,
+    /// The latest valid state and when it arrived.
+    latest: Option<(IdleState, Instant)>,
+    had_events: bool,
+    last_event: Instant,
+    /// Set when a deadline passed while the latest state was too old to act on.
+    wait_for_fresh_state: bool,
+}
+
+impl Reading {
+    fn new(max_event_bytes: usize) -> Self {
+        Reading {
+            parser: sse::Parser::new(max_event_bytes),
+            latest: None,
+            had_events: false,
+            last_event: Instant::now(),
+            wait_for_fresh_state: false,
+        }
+    }
+}
+
+/// The data of one frame of the body: `None` for trailers; the end of the body and a broken
+/// one are errors (the stream is meant to last).
+fn frame_data(
+    frame: Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>,
+    url: &Uri,
+) -> Result<Option<bytes::Bytes>, Error> {
+    match frame {
+        None => Err(Error::Ended { url: url.to_string() }),
+        Some(Err(source)) => Err(Error::Http { url: url.to_string(), source }),
+        Some(Ok(frame)) => Ok(frame.into_data().ok()),
+    }
+}
+
 /// How a connected stream ended.
 enum StreamEnd {
     Done(SweepOutcome),
@@ -295,113 +328,113 @@ impl Follower {
     }
 
     async fn read(&mut self, mut stream: EventStream) -> StreamEnd {
-        let mut parser = sse::Parser::new(self.config.max_event_bytes);
-        let mut latest: Option<(IdleState, Instant)> = None;
-        let mut had_events = false;
-        let mut last_event = Instant::now();
-        // Set when a deadline passed while the latest state was too old to act on.
-        let mut wait_for_fresh_state = false;
+        let mut reading = Reading::new(self.config.max_event_bytes);
         loop {
-            let deadline = match latest {
-                Some((state, received_at)) if !wait_for_fresh_state => {
-                    match rule::decide(&state, received_at, self.target.grace) {
-                        Decision::SweepAt(at) => Some(self.sweep_not_before.map_or(at, |nb| at.max(nb))),
-                        Decision::Keep => None,
-                    }
-                }
-                _ => None,
-            };
-            self.status.send_if_modified(|s| {
-                let changed = s.deadline != deadline;
-                s.deadline = deadline;
-                changed
-            });
-            let watchdog = last_event + self.config.heartbeat_timeout;
+            let deadline = self.deadline(&reading);
+            let watchdog = reading.last_event + self.config.heartbeat_timeout;
             tokio::select! {
                 // An event that arrives together with the deadline wins: it may be a connection.
                 biased;
                 frame = stream.body.frame() => {
-                    let bytes = match frame {
-                        None => return StreamEnd::Broken { error: Error::Ended { url: self.url() }, had_events },
-                        Some(Err(source)) => {
-                            return StreamEnd::Broken { error: Error::Http { url: self.url(), source }, had_events };
-                        }
-                        Some(Ok(frame)) => match frame.into_data() {
-                            Ok(bytes) => bytes,
-                            Err(_) => continue, // trailers
-                        },
-                    };
-                    let received_at = Instant::now();
-                    let events = match parser.push(&bytes) {
-                        Ok(events) => events,
-                        Err(source) => {
-                            return StreamEnd::Broken { error: Error::TooLong { url: self.url(), source }, had_events };
-                        }
-                    };
-                    for data in events {
-                        match serde_json::from_str::<IdleState>(&data) {
-                            Ok(state) => {
-                                tracing::trace!(target_name = %self.target.name, ?state, "event");
-                                latest = Some((state, received_at));
-                                last_event = received_at;
-                                had_events = true;
-                                wait_for_fresh_state = false;
-                                self.status.send_modify(|s| {
-                                    s.state = Some(state);
-                                    s.events += 1;
-                                });
-                            }
-                            Err(err) => {
-                                // Whatever this event said (maybe "a connection opened") is
-                                // lost, so the old state is no basis for a sweep any more: wait
-                                // for the next valid event, at most a heartbeat away. It does
-                                // not feed the watchdog either.
-                                latest = None;
-                                self.metrics.stream_error(StreamErrorKind::MalformedEvent);
-                                self.status.send_modify(|s| {
-                                    s.state = None;
-                                    s.malformed += 1;
-                                });
-                                tracing::warn!(
-                                    target_name = %self.target.name,
-                                    error = %err,
-                                    data = %truncate(&data, 256),
-                                    "skipping malformed event"
-                                );
-                            }
-                        }
+                    let received = frame_data(frame, &self.target.url).and_then(|bytes| match bytes {
+                        Some(bytes) => self.on_bytes(&mut reading, &bytes),
+                        None => Ok(()), // trailers
+                    });
+                    if let Err(error) = received {
+                        return StreamEnd::Broken { error, had_events: reading.had_events };
                     }
                 }
                 () = sleep_until(watchdog) => {
-                    let silent_for = Instant::now() - last_event;
+                    let silent_for = Instant::now() - reading.last_event;
                     let error = Error::HeartbeatTimeout { url: self.url(), silent_for };
-                    return StreamEnd::Broken { error, had_events };
+                    return StreamEnd::Broken { error, had_events: reading.had_events };
                 }
                 () = sleep_until(deadline.unwrap_or(watchdog)), if deadline.is_some() => {
-                    let Some((state, received_at)) = latest else { continue };
-                    let Some(deadline) = deadline else { continue };
-                    let now = Instant::now();
-                    if now.saturating_duration_since(received_at) > self.config.max_state_age {
-                        tracing::debug!(
-                            target_name = %self.target.name,
-                            "deadline passed during a silent gap; waiting for a fresh event"
-                        );
-                        wait_for_fresh_state = true;
-                        continue;
-                    }
-                    let sweep = Sweep {
-                        target: self.target.name.clone(),
-                        idle: rule::idle_at(&state, received_at, now),
-                        grace: self.target.grace,
-                        deadline,
-                        started: now,
-                    };
-                    if let Some(outcome) = self.sweep(sweep).await {
+                    if let Some(outcome) = self.on_deadline(&mut reading, deadline).await {
                         return StreamEnd::Done(outcome);
                     }
                 }
             }
         }
+    }
+
+    /// When the backend is to be swept by what the stream said last (published in the status).
+    fn deadline(&self, reading: &Reading) -> Option<Instant> {
+        let deadline = match reading.latest {
+            Some((state, received_at)) if !reading.wait_for_fresh_state => {
+                match rule::decide(&state, received_at, self.target.grace) {
+                    Decision::SweepAt(at) => Some(self.sweep_not_before.map_or(at, |nb| at.max(nb))),
+                    Decision::Keep => None,
+                }
+            }
+            _ => None,
+        };
+        self.status.send_if_modified(|s| {
+            let changed = s.deadline != deadline;
+            s.deadline = deadline;
+            changed
+        });
+        deadline
+    }
+
+    /// Takes in a chunk of the stream: each complete event updates what is known.
+    fn on_bytes(&mut self, reading: &mut Reading, bytes: &[u8]) -> Result<(), Error> {
+        let received_at = Instant::now();
+        let events = reading.parser.push(bytes).map_err(|source| Error::TooLong { url: self.url(), source })?;
+        for data in events {
+            match serde_json::from_str::<IdleState>(&data) {
+                Ok(state) => {
+                    tracing::trace!(target_name = %self.target.name, ?state, "event");
+                    reading.latest = Some((state, received_at));
+                    reading.last_event = received_at;
+                    reading.had_events = true;
+                    reading.wait_for_fresh_state = false;
+                    self.status.send_modify(|s| {
+                        s.state = Some(state);
+                        s.events += 1;
+                    });
+                }
+                Err(err) => self.on_malformed(reading, &data, &err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whatever a malformed event said (maybe "a connection opened") is lost, so the old state
+    /// is no basis for a sweep any more: wait for the next valid event, at most a heartbeat
+    /// away. It does not feed the watchdog either.
+    fn on_malformed(&mut self, reading: &mut Reading, data: &str, err: &serde_json::Error) {
+        reading.latest = None;
+        self.metrics.stream_error(StreamErrorKind::MalformedEvent);
+        self.status.send_modify(|s| {
+            s.state = None;
+            s.malformed += 1;
+        });
+        tracing::warn!(
+            target_name = %self.target.name,
+            error = %err,
+            data = %truncate(data, 256),
+            "skipping malformed event"
+        );
+    }
+
+    /// The deadline passed: sweep, unless the state it came from is too old to act on.
+    async fn on_deadline(&mut self, reading: &mut Reading, deadline: Option<Instant>) -> Option<SweepOutcome> {
+        let ((state, received_at), deadline) = (reading.latest?, deadline?);
+        let now = Instant::now();
+        if now.saturating_duration_since(received_at) > self.config.max_state_age {
+            tracing::debug!(target_name = %self.target.name, "deadline passed during a silent gap; waiting for a fresh event");
+            reading.wait_for_fresh_state = true;
+            return None;
+        }
+        let sweep = Sweep {
+            target: self.target.name.clone(),
+            idle: rule::idle_at(&state, received_at, now),
+            grace: self.target.grace,
+            deadline,
+            started: now,
+        };
+        self.sweep(sweep).await
     }
 
     /// Runs the sweep; `None` means it failed and is retried after a backoff.
@@ -467,123 +500,9 @@ async fn run_sweep(
     }
 }
 
-/// A connected event stream; the HTTP connection's task ends with it.
-struct EventStream {
-    body: Incoming,
-    _connection: AbortOnDrop,
-}
-
-async fn open(url: &Uri) -> Result<EventStream, Error> {
-    let url_string = || url.to_string();
-    let authority = url.authority().ok_or_else(|| Error::Url { url: url_string(), reason: "no host:port" })?;
-    let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((host, port)).await.map_err(|source| Error::Connect { url: url_string(), source })?;
-    // Events are tiny and latency matters more than packet count.
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|source| Error::Http { url: url_string(), source })?;
-    let connection = AbortOnDrop(tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "event stream connection closed with an error");
-        }
-    }));
-    let path = url.path_and_query().map_or(EVENTS_PATH, |p| p.as_str());
-    let request = Request::get(path)
-        .header(header::HOST, authority.as_str())
-        .header(header::ACCEPT, "text/event-stream")
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| Error::Url { url: url_string(), reason: "cannot build a request for it" })?;
-    let response = sender.send_request(request).await.map_err(|source| Error::Http { url: url_string(), source })?;
-    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let is_event_stream = content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if response.status() != StatusCode::OK || !is_event_stream {
-        return Err(Error::Status { url: url_string(), status: response.status(), content_type });
-    }
-    Ok(EventStream { body: response.into_body(), _connection: connection })
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Keeps a gauge incremented while alive, so an aborted task cannot leak a count.
-pub(crate) struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
-
-impl GaugeGuard {
-    pub(crate) fn inc(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// Exponential backoff with equal jitter: each delay is between half and all of the current
-/// step, so many followers that failed together (a node hiccup) do not retry in lockstep.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, step: min }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (self.step * 2).min(self.max);
-        let half = step / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.step = self.min;
-    }
-}
-
-/// As the backoff of a kube watch stream (reset by the stream on every event).
-impl Iterator for Backoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Backoff::next(self))
-    }
-}
-
-impl kube::runtime::utils::Backoff for Backoff {
-    fn reset(&mut self) {
-        Backoff::reset(self);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_jittered_and_capped_then_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..8).map(|_| backoff.next()).collect();
-        let steps = [100, 200, 400, 800, 1000, 1000, 1000, 1000].map(Duration::from_millis);
-        for (delay, step) in delays.iter().zip(steps) {
-            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} not within [{:?}, {step:?}]", step / 2);
-        }
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn events_urls_bracket_ipv6_hosts() {

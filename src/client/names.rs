@@ -1,4 +1,4 @@
-//! Backend names derived from `spawner connect` keys.
+//! Backend names: derived from connect keys, checked, generated from an image.
 //!
 //! The same key must always give the same name, on every machine and with every version of the
 //! CLI, so that two callers racing to connect meet at one backend: the name is computed with
@@ -33,7 +33,7 @@ pub fn name_for_key(key: &str) -> String {
 /// a backend, one that every such mistake would then share).
 pub fn check_key(key: &str) -> Result<(), super::Error> {
     if key.trim().is_empty() {
-        return Err(super::Error::Usage(format!(
+        return Err(super::Error::Invalid(format!(
             "invalid connect key {key:?}: it must name the session, user, document or room (not be empty or blank)"
         )));
     }
@@ -55,7 +55,7 @@ pub fn check_name(name: &str, suffix: usize) -> Result<String, super::Error> {
         Ok(name.to_owned())
     } else {
         let what = if prefix { "name prefix" } else { "backend name" };
-        Err(super::Error::Usage(format!(
+        Err(super::Error::Invalid(format!(
             "invalid {what} {name:?}: use lowercase letters, digits and '-', start with a letter, \
              at most 63 characters in all (the backend's Service is named after it)"
         )))
@@ -122,7 +122,9 @@ mod tests {
     fn a_connect_key_must_name_something() {
         for blank in ["", " ", "\t\n "] {
             let error = check_key(blank).unwrap_err();
-            assert_eq!(error.exit_code(), 2, "a usage error");
+            assert!(matches!(error, super::super::Error::Invalid(_)), "refused before the API server: {error:?}");
+            assert_eq!(crate::cli::Error::from(error).exit_code(), 2, "a usage error for the CLI");
+            let error = check_key(blank).unwrap_err();
             assert!(error.to_string().starts_with("invalid connect key"), "{error}");
         }
         assert!(check_key(" room 42 ").is_ok());

@@ -1,112 +1,41 @@
-//! Backend operations shared by the CLI commands (and by `cargo xtask deploy`, which creates the
-//! demo backend): build, create, wait for, connect to, and build the access URL of a backend.
+//! The operations a client performs on backends — create, get, delete, wait for Ready or for
+//! deletion, connect by key, and the URL with its token — shared by the `spawner` CLI, the
+//! xtask's demo and the tests, and ready for an API server. Errors are typed ([`Error`]) and
+//! keep their sources.
 
-use std::collections::BTreeMap;
+mod error;
+pub mod names;
+mod request;
+mod state;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Secret};
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
-use super::error::{Error, status_code};
-use super::names::{CONNECT_KEY_ANNOTATION, check_key, name_for_key};
-use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, Phase, SessionLivedBackend,
-    SessionLivedBackendSpec, SidecarSpec,
-};
+pub use error::Error;
+use error::status_code;
+use names::{CONNECT_KEY_ANNOTATION, check_key, name_for_key};
+pub use request::{BackendRequest, Naming};
+pub use state::{State, condition, phase_of, state, why_not_ready};
+
+use crate::crd::{AuthMode, Phase, SessionLivedBackend, SessionLivedBackendSpec};
 
 /// Key of the token in the backend's Secret (named like the backend).
 pub const TOKEN_KEY: &str = "token";
 
-/// How the backend gets its name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Naming {
-    Name(String),
-    GenerateName(String),
-}
-
-/// What a user asks for: one application container and the backend's knobs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BackendRequest {
-    pub naming: Naming,
-    pub image: String,
-    pub http_port: i32,
-    pub grace_period_seconds: i64,
-    /// Unset: the CRD's rule (the smaller of 300 s and the max lifetime), as for a manifest.
-    pub startup_timeout_seconds: Option<i64>,
-    pub max_lifetime_seconds: Option<i64>,
-    pub env: Vec<(String, String)>,
-    pub auth: AuthMode,
-    pub egress: Egress,
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl BackendRequest {
-    /// A request with the CRD's defaults.
-    pub fn new(naming: Naming, image: impl Into<String>) -> BackendRequest {
-        BackendRequest {
-            naming,
-            image: image.into(),
-            http_port: DEFAULT_HTTP_PORT,
-            grace_period_seconds: DEFAULT_GRACE_PERIOD_SECONDS,
-            startup_timeout_seconds: None,
-            max_lifetime_seconds: None,
-            env: Vec::new(),
-            auth: AuthMode::Token,
-            egress: Egress::default(),
-            annotations: BTreeMap::new(),
-        }
-    }
-
-    /// The object to create.
-    pub fn to_backend(&self) -> SessionLivedBackend {
-        let (name, generate_name) = match &self.naming {
-            Naming::Name(name) => (Some(name.clone()), None),
-            Naming::GenerateName(prefix) => (None, Some(prefix.clone())),
-        };
-        let env: Vec<EnvVar> = self
-            .env
-            .iter()
-            .map(|(name, value)| EnvVar { name: name.clone(), value: Some(value.clone()), ..Default::default() })
-            .collect();
-        let container = Container {
-            name: "application".into(),
-            image: Some(self.image.clone()),
-            env: (!env.is_empty()).then_some(env),
-            ..Default::default()
-        };
-        let spec = SessionLivedBackendSpec {
-            template: PodSpec { containers: vec![container], ..Default::default() },
-            grace_period_seconds: self.grace_period_seconds,
-            http_port: self.http_port,
-            startup_timeout_seconds: self.startup_timeout_seconds,
-            max_lifetime_seconds: self.max_lifetime_seconds,
-            sidecar: SidecarSpec::default(),
-            auth: AuthSpec { mode: self.auth },
-            egress: self.egress,
-        };
-        let mut backend = SessionLivedBackend::new("", spec);
-        backend.metadata = ObjectMeta {
-            name,
-            generate_name,
-            annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
-            ..Default::default()
-        };
-        backend
-    }
-}
-
-/// The namespace a command works in, with the API handles it needs.
+/// The backends of one namespace, and the operations on them.
 #[derive(Clone)]
-pub struct Scope {
+pub struct Backends {
     pub client: Client,
     pub namespace: String,
 }
 
-impl Scope {
-    pub fn new(client: Client, namespace: impl Into<String>) -> Scope {
-        Scope { client, namespace: namespace.into() }
+impl Backends {
+    pub fn new(client: Client, namespace: impl Into<String>) -> Backends {
+        Backends { client, namespace: namespace.into() }
     }
 
     pub fn backends(&self) -> Api<SessionLivedBackend> {
@@ -166,9 +95,9 @@ impl Scope {
             Some(backend) => matches!(state(backend), State::Ready | State::Over),
         });
         let waited = match tokio::time::timeout(timeout, watch).await {
-            Ok(result) => result.map_err(|e| Error::Api {
+            Ok(result) => result.map_err(|source| Error::Watch {
                 action: format!("cannot watch backend {name:?} in namespace {:?}", self.namespace),
-                message: e.to_string(),
+                source,
             })?,
             Err(_) => return Err(self.not_ready_after(name, timeout).await),
         };
@@ -194,7 +123,7 @@ impl Scope {
         let watch = await_condition(self.backends(), name, conditions::is_deleted(&uid));
         match tokio::time::timeout(timeout, watch).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::Api { action: format!("cannot watch backend {name:?}"), message: e.to_string() }),
+            Ok(Err(source)) => Err(Error::Watch { action: format!("cannot watch backend {name:?}"), source }),
             Err(_) => Err(Error::Timeout {
                 name: name.into(),
                 namespace: self.namespace.clone(),
@@ -332,59 +261,6 @@ impl Scope {
             }
         }
     }
-}
-
-/// Where a backend is, as far as waiting is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    Starting,
-    Ready,
-    /// Failed or being deleted: it will not become Ready.
-    Over,
-}
-
-pub fn state(backend: &SessionLivedBackend) -> State {
-    if backend.metadata.deletion_timestamp.is_some() {
-        return State::Over;
-    }
-    match backend.status.as_ref().and_then(|s| s.phase) {
-        Some(Phase::Failed | Phase::Terminating) => State::Over,
-        // A Ready phase without a URL would be useless to the caller; the controller sets both
-        // in one status write, so this only guards against a partial status.
-        Some(Phase::Ready) if backend.status.as_ref().is_some_and(|s| s.url.is_some()) => State::Ready,
-        _ => State::Starting,
-    }
-}
-
-/// The phase as shown to people ("Terminating" as soon as deletion started).
-pub fn phase_of(backend: &SessionLivedBackend) -> &'static str {
-    if backend.metadata.deletion_timestamp.is_some() {
-        return Phase::Terminating.as_str();
-    }
-    backend.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending).as_str()
-}
-
-/// Why the backend is not Ready, as `Reason: message` (the Ready condition's, which the
-/// controller mirrors into `status.reason` and `status.message`); `None` when it is Ready. A
-/// backend the controller never reported on says so, since that is the likely cause.
-pub fn why_not_ready(backend: &SessionLivedBackend) -> Option<String> {
-    let Some(status) = backend.status.as_ref() else {
-        return Some("no status: the controller has not seen it (is spawner-controller running?)".into());
-    };
-    let (reason, message) = match (&status.reason, condition(backend, "Ready")) {
-        (Some(reason), _) => (reason.as_str(), status.message.as_deref().unwrap_or_default()),
-        (None, Some(ready)) if ready.status != "True" => (ready.reason.as_str(), ready.message.as_str()),
-        _ => return None,
-    };
-    Some(if message.is_empty() { reason.to_owned() } else { format!("{reason}: {message}") })
-}
-
-/// The condition of the given type, if set.
-pub fn condition<'a>(
-    backend: &'a SessionLivedBackend,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    backend.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Percent-encodes everything but unreserved characters (tokens are URL-safe already; this is

@@ -1,0 +1,90 @@
+//! What a caller asks for: one application container and the backend's knobs, as a
+//! `SessionLivedBackend` to create.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+use kube::api::ObjectMeta;
+
+use crate::crd::{
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, SessionLivedBackend,
+    SessionLivedBackendSpec, SidecarSpec,
+};
+
+/// How the backend gets its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Naming {
+    Name(String),
+    GenerateName(String),
+}
+
+/// What a user asks for: one application container and the backend's knobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendRequest {
+    pub naming: Naming,
+    pub image: String,
+    pub http_port: i32,
+    pub grace_period_seconds: i64,
+    /// Unset: the CRD's rule (the smaller of 300 s and the max lifetime), as for a manifest.
+    pub startup_timeout_seconds: Option<i64>,
+    pub max_lifetime_seconds: Option<i64>,
+    pub env: Vec<(String, String)>,
+    pub auth: AuthMode,
+    pub egress: Egress,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl BackendRequest {
+    /// A request with the CRD's defaults.
+    pub fn new(naming: Naming, image: impl Into<String>) -> BackendRequest {
+        BackendRequest {
+            naming,
+            image: image.into(),
+            http_port: DEFAULT_HTTP_PORT,
+            grace_period_seconds: DEFAULT_GRACE_PERIOD_SECONDS,
+            startup_timeout_seconds: None,
+            max_lifetime_seconds: None,
+            env: Vec::new(),
+            auth: AuthMode::Token,
+            egress: Egress::default(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// The object to create.
+    pub fn to_backend(&self) -> SessionLivedBackend {
+        let (name, generate_name) = match &self.naming {
+            Naming::Name(name) => (Some(name.clone()), None),
+            Naming::GenerateName(prefix) => (None, Some(prefix.clone())),
+        };
+        let env: Vec<EnvVar> = self
+            .env
+            .iter()
+            .map(|(name, value)| EnvVar { name: name.clone(), value: Some(value.clone()), ..Default::default() })
+            .collect();
+        let container = Container {
+            name: "application".into(),
+            image: Some(self.image.clone()),
+            env: (!env.is_empty()).then_some(env),
+            ..Default::default()
+        };
+        let spec = SessionLivedBackendSpec {
+            template: PodSpec { containers: vec![container], ..Default::default() },
+            grace_period_seconds: self.grace_period_seconds,
+            http_port: self.http_port,
+            startup_timeout_seconds: self.startup_timeout_seconds,
+            max_lifetime_seconds: self.max_lifetime_seconds,
+            sidecar: SidecarSpec::default(),
+            auth: AuthSpec { mode: self.auth },
+            egress: self.egress,
+        };
+        let mut backend = SessionLivedBackend::new("", spec);
+        backend.metadata = ObjectMeta {
+            name,
+            generate_name,
+            annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
+            ..Default::default()
+        };
+        backend
+    }
+}
