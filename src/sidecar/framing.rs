@@ -102,6 +102,9 @@ pub struct Framing {
     max_headers: usize,
 }
 
+/// Header slots kept on the stack when judging a head.
+const STACK_HEADERS: usize = 128;
+
 /// Where in the request stream the next byte falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum At {
@@ -170,19 +173,36 @@ impl Framing {
             self.head.extend_from_slice(bytes);
             return (&[], None);
         };
+        // A head that came in one read (the usual case) is judged where it lies, uncopied.
+        if self.head.is_empty() {
+            return (&bytes[end..], self.judge_head(&bytes[..end]));
+        }
         self.head.extend_from_slice(&bytes[..end]);
-        let both = self.judge_head();
-        self.head.clear();
+        let head = std::mem::take(&mut self.head);
+        let both = self.judge_head(&head);
+        if !matches!(self.at, At::Lost) {
+            // Keep the allocation for the next split head.
+            self.head = head;
+            self.head.clear();
+        }
         (&bytes[end..], both)
     }
 
     /// The head is complete: count it and set where its body ends.
-    fn judge_head(&mut self) -> Option<u64> {
+    fn judge_head(&mut self, head: &[u8]) -> Option<u64> {
         let body = {
-            let mut fields = vec![httparse::EMPTY_HEADER; self.max_headers];
-            let mut req = httparse::Request::new(&mut fields);
-            match req.parse(&self.head) {
-                Ok(httparse::Status::Complete(len)) if len == self.head.len() => Body::of(&req),
+            // On the stack for hyper's default limit (100): no allocation per request.
+            let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+            let mut on_heap = Vec::new();
+            let fields = if self.max_headers <= STACK_HEADERS {
+                &mut on_stack[..self.max_headers]
+            } else {
+                on_heap.resize(self.max_headers, httparse::EMPTY_HEADER);
+                &mut on_heap[..]
+            };
+            let mut req = httparse::Request::new(fields);
+            match req.parse(head) {
+                Ok(httparse::Status::Complete(len)) if len == head.len() => Body::of(&req),
                 // hyper refuses what httparse refuses, and closes.
                 _ => Body::Unknown,
             }
