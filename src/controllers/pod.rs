@@ -118,12 +118,7 @@ fn name_app_port(app: &mut Container, http_port: i32) {
     }
     match ports.iter_mut().find(|p| p.container_port == http_port && p.name.is_none()) {
         Some(unnamed) => unnamed.name = Some(names::APP_PORT_NAME.to_string()),
-        None => ports.push(ContainerPort {
-            name: Some(names::APP_PORT_NAME.to_string()),
-            container_port: http_port,
-            protocol: Some("TCP".to_string()),
-            ..ContainerPort::default()
-        }),
+        None => ports.push(port(names::APP_PORT_NAME, http_port)),
     }
 }
 
@@ -147,7 +142,10 @@ fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Cont
         image: Some(config.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         env: Some(env),
-        ports: Some(vec![port("proxy", names::SIDECAR_PROXY_PORT), port("admin", names::SIDECAR_ADMIN_PORT)]),
+        ports: Some(vec![
+            port("proxy", names::SIDECAR_PROXY_PORT.into()),
+            port("admin", names::SIDECAR_ADMIN_PORT.into()),
+        ]),
         readiness_probe: Some(admin_probe("/readyz", 1)),
         liveness_probe: Some(admin_probe("/healthz", 10)),
         security_context: Some(SecurityContext {
@@ -194,10 +192,10 @@ fn env_var(name: &str, value: String) -> EnvVar {
     EnvVar { name: name.to_string(), value: Some(value), value_from: None }
 }
 
-fn port(name: &str, number: u16) -> ContainerPort {
+fn port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_string()),
-        container_port: number.into(),
+        container_port: number,
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     }

@@ -247,8 +247,7 @@ where
 /// Applies the namespace's NetworkPolicies once per controller process, before any pod of the
 /// namespace is created by it: a pod must never run unisolated.
 async fn isolate_namespace(ctx: &Context, namespace: &str, id: &str) -> Result<(), Error> {
-    let done = |ctx: &Context| ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).contains(namespace);
-    if done(ctx) {
+    if ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).contains(namespace) {
         return Ok(());
     }
     network_policy::apply(&ctx.client, namespace).await.map_err(|e| Error::api("apply", "NetworkPolicy", id, e))?;
