@@ -253,8 +253,24 @@ impl TestEnv {
         {
             eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         }
+        // A pod that stays Pending is most often the node's doing (a taint, a pressure condition).
+        if let Ok(out) = Command::new("kubectl")
+            .args(["get", "nodes", "-o", NODE_COLUMNS])
+            .env("KUBECONFIG", kubeconfig_path())
+            .output()
+        {
+            eprintln!(
+                "--- nodes ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
+
+/// Each node's taints and the conditions that are True (Ready, or a pressure).
+const NODE_COLUMNS: &str = "custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key,\
+TRUE-CONDITIONS:.status.conditions[?(@.status==\"True\")].type";
 
 impl Drop for TestEnv {
     fn drop(&mut self) {

@@ -199,11 +199,15 @@ staticPodPath: ""
 maxPods: 110
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# The node shares the developer's disk with cargo's target directories, which can fill it to the
+# last few GB while tests run. A disk-pressure taint would then leave every new pod Pending
+# ("untolerated taint") and fail tests that have nothing to do with disk, so the disk signals are
+# off ("0%" disables a signal), as kind does for its nodes. Memory pressure still evicts.
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
-  nodefs.inodesFree: 1%
+  nodefs.available: "0%"
+  imagefs.available: "0%"
+  nodefs.inodesFree: "0%"
 evictionPressureTransitionPeriod: 10s
 nodeStatusReportFrequency: 10s
 nodeStatusUpdateFrequency: 5s
