@@ -33,9 +33,12 @@ const fn cluster(group: &'static str, resource: &'static str, verbs: &'static [&
 pub const CONTROLLER: &[Permission] = &[
     cluster("spawner.dev", "sessionlivedbackends", &["list", "watch", "delete"]),
     cluster("spawner.dev", "sessionlivedbackends/status", &["patch"]),
+    cluster("spawner.dev", "sessionlivedbackendpools", &["list", "watch"]),
+    cluster("spawner.dev", "sessionlivedbackendpools/status", &["patch"]),
     // Pods and Services are read from the watch caches; `get` is the fallback before they fill.
-    // Deletion is left to owner-reference garbage collection.
-    cluster("", "pods", &["get", "list", "watch", "create", "patch"]),
+    // A backend's children are deleted by owner-reference garbage collection; `delete` is for
+    // the warm pods a pool replaces.
+    cluster("", "pods", &["get", "list", "watch", "create", "patch", "delete"]),
     cluster("", "services", &["get", "list", "watch", "create", "patch"]),
     // A token Secret is created once and never changed: the controller cannot read any Secret.
     cluster("", "secrets", &["create"]),

@@ -4,12 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
 
+use crate::controllers::children::Caches;
 use crate::controllers::metrics::Metrics;
 use crate::controllers::pod::SidecarConfig;
 
@@ -51,10 +50,8 @@ pub struct Context {
     pub clock: Clock,
     /// Consecutive failures per backend (namespace/name), for the error policy's backoff.
     pub failures: Mutex<HashMap<String, u32>>,
-    /// Caches of the Pods and Services Spawner made, filled by the same watches that trigger
-    /// reconciliations (so a trigger never outruns its cache). `None` in unit tests: reads go to
-    /// the API server.
-    pub children: Option<(Store<Pod>, Store<Service>)>,
+    /// Caches of the watched children. Empty in unit tests: reads go to the API server.
+    pub caches: Caches,
     /// Namespaces whose NetworkPolicies this process has applied.
     pub isolated_namespaces: Mutex<HashSet<String>>,
 }
@@ -69,14 +66,14 @@ impl Context {
             metrics,
             clock: Arc::new(Timestamp::now),
             failures: Mutex::default(),
-            children: None,
+            caches: Caches::default(),
             isolated_namespaces: Mutex::default(),
         }
     }
 
-    /// Same context reading Pods and Services from these caches first.
-    pub fn with_children(mut self, pods: Store<Pod>, services: Store<Service>) -> Self {
-        self.children = Some((pods, services));
+    /// Same context reading children from these caches first.
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = caches;
         self
     }
 

@@ -14,6 +14,7 @@
 //! A pod is never recreated: it is the session; a backend whose pod vanished is Failed
 //! (`PodLost`).
 
+pub mod children;
 pub mod context;
 pub mod http;
 pub mod leader;
@@ -21,6 +22,7 @@ pub mod lifetime;
 pub mod metrics;
 pub mod network_policy;
 pub mod pod;
+pub mod pool;
 pub mod reconcile;
 pub mod secret;
 pub mod service;
@@ -38,7 +40,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::Controller;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +48,7 @@ use tracing::{error, info, warn};
 
 pub use context::{Config, Context};
 
-use crate::crd::SessionLivedBackend;
-use crate::names;
+use crate::crd::{SessionLivedBackend, SessionLivedBackendPool};
 
 /// A failed reconciliation step; always names the backend and what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -160,56 +161,34 @@ async fn lead_and_reconcile(
         holder = Some(tokio::spawn(elector.hold(stop.clone(), lost.clone())));
     }
 
-    let (backends, pods, services) = match &options.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-    };
-    // Children are cached by reflectors whose streams are also the Controller's triggers: the
-    // cache is updated before the reconciliation it triggers runs, so reads need no API call.
-    let children =
-        watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE));
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let (service_store, service_writer) = reflector::store::<Service>();
-    let pod_events =
-        reflector::reflector(pod_writer, watcher(pods, children.clone())).default_backoff().touched_objects();
-    let service_events =
-        reflector::reflector(service_writer, watcher(services, children)).default_backoff().touched_objects();
-    let ctx = Context::new(client.clone(), options.config.clone(), metrics.clone(), Some(options.identity.clone()))
-        .with_children(pod_store, service_store);
-    let ctx = Arc::new(ctx);
-    let controller = Controller::<SessionLivedBackend>::new(backends, watcher::Config::default())
-        .owns_stream(pod_events)
-        .owns_stream(service_events);
-    health.set_store(controller.store());
-
-    let shutdown = {
-        let (stop, lost) = (stop.clone(), lost.clone());
+    // Stop reconciling on SIGTERM, or as soon as the Lease is lost.
+    let done = CancellationToken::new();
+    tokio::spawn({
+        let (stop, lost, done) = (stop.clone(), lost.clone(), done.clone());
         async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = lost.cancelled() => {}
+                () = done.cancelled() => {}
             }
+            done.cancel();
         }
-    };
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                // Reconcile errors are logged by the error policy; these are watch errors and
-                // objects that vanished before their turn.
-                match e {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    kube::runtime::controller::Error::ObjectNotFound(..) => {}
-                    other => warn!(error = %other, "controller stream error"),
-                }
-            }
-        })
-        .await;
+    });
+
+    // Every controller of the process shares one context (client, Event recorder, metrics,
+    // caches): each registers the children it watches, then they all run until `done`.
+    let namespace = options.namespace.as_deref();
+    let mut caches = children::Caches::default();
+    let backend_controller = backend_controller(&client, namespace, &mut caches);
+    health.set_store(backend_controller.store());
+    let ctx = Context::new(client.clone(), options.config.clone(), metrics.clone(), Some(options.identity.clone()))
+        .with_caches(caches);
+    let ctx = Arc::new(ctx);
+    futures::join!(
+        drive(backend_controller, reconcile::reconcile, reconcile::error_policy, ctx.clone(), &done),
+        drive(pool_controller(&client, namespace), pool::reconcile, pool::error_policy, ctx, &done),
+    );
+    done.cancel();
     info!("controller stopped");
     metrics.leader.set(0);
 
@@ -224,4 +203,58 @@ async fn lead_and_reconcile(
         }
     }
     if lost.is_cancelled() { Err(RunError::LostLeadership) } else { Ok(()) }
+}
+
+/// The backends' controller: triggered by backends and by changes to the children it watches.
+fn backend_controller(
+    client: &Client,
+    namespace: Option<&str>,
+    caches: &mut children::Caches,
+) -> Controller<SessionLivedBackend> {
+    let backends = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(backends, watcher::Config::default());
+    let controller = children::owns::<Pod>(controller, client, namespace, caches);
+    children::owns::<Service>(controller, client, namespace, caches)
+}
+
+/// The pools' controller: triggered by pools and by changes to their warm pods (it lists those
+/// from the API server, so it keeps no cache of its own).
+fn pool_controller(client: &Client, namespace: Option<&str>) -> Controller<SessionLivedBackendPool> {
+    let (pools, pods) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::<Pod>::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    Controller::new(pools, watcher::Config::default()).owns(pods, watcher::Config::default().labels(pool::POOL_LABEL))
+}
+
+/// Runs one controller until `done`, then lets the reconciliations in flight finish.
+async fn drive<K, F>(
+    controller: Controller<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> F,
+    error_policy: impl Fn(Arc<K>, &F::Error, Arc<Context>) -> kube::runtime::controller::Action,
+    ctx: Arc<Context>,
+    done: &CancellationToken,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    F: futures::TryFuture<Ok = kube::runtime::controller::Action> + Send + 'static,
+    F::Error: std::error::Error + Send + 'static,
+{
+    controller
+        .graceful_shutdown_on(done.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                // Reconcile errors are logged by the error policy; these are watch errors and
+                // objects that vanished before their turn.
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
+                    kube::runtime::controller::Error::ObjectNotFound(..) => {}
+                    other => warn!(error = %other, "controller stream error"),
+                }
+            }
+        })
+        .await;
 }

@@ -14,8 +14,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use crate::controllers::children::Child;
+use crate::controllers::context::Context;
 use crate::crd::{AuthMode, SessionLivedBackend};
 use crate::names;
+
+impl Child for Pod {
+    const KIND: &'static str = "Pod";
+
+    fn build(backend: &SessionLivedBackend, ctx: &Context) -> Option<Self> {
+        Some(build_pod(backend, &ctx.config.sidecar))
+    }
+}
 
 /// Directory the token Secret is mounted at in the sidecar.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/spawner/token";

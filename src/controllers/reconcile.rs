@@ -5,18 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::controllers::children::{self, Found};
 use crate::controllers::context::Context;
 use crate::controllers::status::{PodView, derive_status, reason};
-use crate::controllers::{Error, lifetime, network_policy, pod, secret, service};
-use crate::crd::{AuthMode, FIELD_MANAGER, Phase, SessionLivedBackend};
+use crate::controllers::{Error, lifetime, network_policy};
+use crate::crd::{FIELD_MANAGER, Phase, SessionLivedBackend};
 
 /// How soon to look again while an old child of the same name (from a deleted backend) is
 /// being garbage-collected.
@@ -41,8 +41,6 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
         return Ok(Action::await_change());
     }
 
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut waiting_for_gc = false;
     let mut outcome = PodOutcome::Gone;
     let over = deleting || old_phase == Some(Phase::Failed);
@@ -52,11 +50,10 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     }
 
     // A backend never reconciled has, in all likelihood, no children yet: create them straight
-    // away, saving two reads per backend in a burst. Applying is idempotent, so a pod made by a
-    // controller that crashed before writing status is simply applied again; anything
-    // unexpected (an old namesake's pod, a refusal) falls through to the careful path below.
+    // away, saving two reads per backend in a burst. Anything unexpected (an old namesake's pod,
+    // a refusal) falls through to the careful path below, which reads first.
     if !over && backend.status.is_none() {
-        match create_children(&ctx, &backend, &pods, &services, &namespace, &id).await {
+        match create_children(&ctx, &backend, &namespace).await {
             Ok(pod) => outcome = PodOutcome::Created(pod),
             Err(e) => debug!(backend = %id, error = %e, "creating children directly failed; checking what exists"),
         }
@@ -64,25 +61,24 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
 
     if !over && !matches!(outcome, PodOutcome::Created(_)) {
         let (found_pod, found_service) = futures::try_join!(
-            find(ctx.children.as_ref().map(|(pods, _)| pods), &pods, &namespace, &name, "Pod", &id),
-            find(ctx.children.as_ref().map(|(_, services)| services), &services, &namespace, &name, "Service", &id),
+            children::find::<Pod>(&ctx, &backend, &namespace),
+            children::find::<Service>(&ctx, &backend, &namespace),
         )?;
-        waiting_for_gc = found_pod.as_ref().is_some_and(|p| !owned_by(p, &backend))
-            || found_service.as_ref().is_some_and(|s| !owned_by(s, &backend));
+        waiting_for_gc = found_pod.is_foreign() || found_service.is_foreign();
 
         if !waiting_for_gc {
             // Service and pod are independent: create them concurrently.
             let service_step = async {
                 match found_service {
-                    Some(_) => Ok(()),
-                    None => create(&services, &service::build_service(&backend), "Service", &id).await.map(drop),
+                    Found::Missing => children::create::<Service>(&ctx, &backend, &namespace).await.map(drop),
+                    _ => Ok(()),
                 }
             };
             let pod_step = async {
                 match found_pod {
-                    Some(found) => Ok(PodOutcome::Existing(found)),
-                    None if had_pod(&backend) => Ok(PodOutcome::Gone),
-                    None => create_pod(&ctx, &backend, &pods, &namespace, &id).await,
+                    Found::Mine(found) => Ok(PodOutcome::Existing(found)),
+                    _ if had_pod(&backend) => Ok(PodOutcome::Gone),
+                    _ => create_pod(&ctx, &backend, &namespace, &id).await,
                 }
             };
             outcome = futures::try_join!(service_step, pod_step)?.1;
@@ -138,40 +134,27 @@ enum PodOutcome {
     Gone,
 }
 
-/// Creates (applies) the Service, and the Secret then the pod, concurrently.
-async fn create_children(
-    ctx: &Context,
-    backend: &SessionLivedBackend,
-    pods: &Api<Pod>,
-    services: &Api<Service>,
-    namespace: &str,
-    id: &str,
-) -> Result<Pod, Error> {
-    let service = service::build_service(backend);
-    let service_step = create(services, &service, "Service", id);
+/// Creates the Service, and the Secret then the pod, concurrently.
+async fn create_children(ctx: &Context, backend: &SessionLivedBackend, namespace: &str) -> Result<Pod, Error> {
+    let service_step = children::create::<Service>(ctx, backend, namespace);
     let pod_step = async {
-        if backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token {
-            ensure_secret(ctx, backend, namespace, id).await?;
-        }
-        create(pods, &pod::build_pod(backend, &ctx.config.sidecar), "Pod", id).await
+        children::ensure::<Secret>(ctx, backend, namespace).await?;
+        children::create::<Pod>(ctx, backend, namespace).await
     };
-    Ok(futures::try_join!(service_step, pod_step)?.1)
+    let pod = futures::try_join!(service_step, pod_step)?.1;
+    Ok(pod.expect("every backend needs a pod"))
 }
 
-/// Creates the token Secret when auth needs one, then the pod.
+/// Creates the Secret (when auth needs one), then the pod.
 async fn create_pod(
     ctx: &Context,
     backend: &SessionLivedBackend,
-    pods: &Api<Pod>,
     namespace: &str,
     id: &str,
 ) -> Result<PodOutcome, Error> {
-    if backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token {
-        ensure_secret(ctx, backend, namespace, id).await?;
-    }
-    let pod = pod::build_pod(backend, &ctx.config.sidecar);
-    match create(pods, &pod, "Pod", id).await {
-        Ok(pod) => Ok(PodOutcome::Created(pod)),
+    children::ensure::<Secret>(ctx, backend, namespace).await?;
+    match children::create::<Pod>(ctx, backend, namespace).await {
+        Ok(pod) => Ok(PodOutcome::Created(pod.expect("every backend needs a pod"))),
         Err(Error::Api { source: kube::Error::Api(status), .. }) if refused_for_good(&status) => {
             warn!(backend = %id, message = %status.message, "the API server refused the pod");
             Ok(PodOutcome::Rejected(status.message))
@@ -189,20 +172,17 @@ fn refused_for_good(status: &kube::core::Status) -> bool {
 
 /// Backs off per backend: 0.5 s, 1 s, 2 s ... up to 5 minutes, reset by the next success.
 pub fn error_policy(backend: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>) -> Action {
-    let id = format!("{}/{}", backend.namespace().unwrap_or_default(), backend.name_any());
-    ctx.metrics.reconcile_failed(error.metric_label());
-    let attempt = ctx.failed(&id);
-    let delay =
-        Duration::from_millis(500).saturating_mul(1 << attempt.min(10).saturating_sub(1)).min(Duration::from_secs(300));
-    warn!(backend = %id, error = %error, attempt, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    back_off(&children::id(&backend), error, &ctx)
 }
 
-/// Whether the object's controller owner reference is this very backend (same uid): a child of
-/// a deleted backend with the same name must not be adopted.
-fn owned_by<K: Resource>(child: &K, backend: &SessionLivedBackend) -> bool {
-    let uid = backend.metadata.uid.as_deref();
-    child.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+/// The retry after the `n`th failure in a row of the object `id`: 0.5 s doubling to 5 minutes.
+pub fn back_off(id: &str, error: &Error, ctx: &Context) -> Action {
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let attempt = ctx.failed(id);
+    let delay =
+        Duration::from_millis(500).saturating_mul(1 << attempt.min(10).saturating_sub(1)).min(Duration::from_secs(300));
+    warn!(object = %id, error = %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Whether the backend's pod existed before (the pod is the session: it is never recreated).
@@ -210,38 +190,6 @@ fn had_pod(backend: &SessionLivedBackend) -> bool {
     backend.status.as_ref().is_some_and(|s| {
         s.started_at.is_some() || matches!(s.phase, Some(Phase::Scheduled | Phase::Running | Phase::Ready))
     })
-}
-
-/// The child from the cache, or from the API server when the cache does not have it (a cache
-/// still filling after a restart, or a child created a moment ago): "missing" is only ever
-/// concluded from the API server, never from a cache.
-async fn find<K>(
-    cache: Option<&Store<K>>,
-    api: &Api<K>,
-    namespace: &str,
-    name: &str,
-    kind: &'static str,
-    id: &str,
-) -> Result<Option<K>, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if let Some(cached) = cache.and_then(|c| c.get(&ObjectRef::new(name).within(namespace))) {
-        return Ok(Some((*cached).clone()));
-    }
-    api.get_opt(name).await.map_err(|e| Error::api("get", kind, id, e))
-}
-
-/// Creates a child, never touching an existing object of the same name: an apply would adopt
-/// the still-terminating pod of a deleted namesake (rewriting its owner reference) and report
-/// its death as the new backend's. "Already exists" is an error here; the next reconcile finds
-/// the object and checks whom it belongs to.
-async fn create<K>(api: &Api<K>, object: &K, kind: &'static str, id: &str) -> Result<K, Error>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    api.create(&params, object).await.map_err(|e| Error::api("create", kind, id, e))
 }
 
 /// Applies the namespace's NetworkPolicies once per controller process, before any pod of the
@@ -253,22 +201,6 @@ async fn isolate_namespace(ctx: &Context, namespace: &str, id: &str) -> Result<(
     network_policy::apply(&ctx.client, namespace).await.map_err(|e| Error::api("apply", "NetworkPolicy", id, e))?;
     ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
     Ok(())
-}
-
-/// Creates the token Secret unless it exists. Never updates it: the token is handed out once.
-async fn ensure_secret(ctx: &Context, backend: &SessionLivedBackend, namespace: &str, id: &str) -> Result<(), Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    match secrets
-        .create(
-            &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() },
-            &secret::build_secret(backend),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
-        Err(e) => Err(Error::api("create", "Secret", id, e)),
-    }
 }
 
 async fn write_status(

@@ -9,8 +9,19 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use rand::RngCore;
 
+use crate::controllers::children::Child;
+use crate::controllers::context::Context;
 use crate::controllers::pod::child_meta;
-use crate::crd::SessionLivedBackend;
+use crate::crd::{AuthMode, SessionLivedBackend};
+
+impl Child for Secret {
+    const KIND: &'static str = "Secret";
+
+    /// Only a backend whose sidecar checks a token has one.
+    fn build(backend: &SessionLivedBackend, _: &Context) -> Option<Self> {
+        (backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token).then(|| build_secret(backend))
+    }
+}
 
 /// Key of the token in the Secret (the file name in the sidecar's mount).
 pub const TOKEN_KEY: &str = "token";

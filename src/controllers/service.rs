@@ -3,9 +3,19 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::controllers::children::Child;
+use crate::controllers::context::Context;
 use crate::controllers::pod::{child_meta, labels};
 use crate::crd::SessionLivedBackend;
 use crate::names;
+
+impl Child for Service {
+    const KIND: &'static str = "Service";
+
+    fn build(backend: &SessionLivedBackend, _: &Context) -> Option<Self> {
+        Some(build_service(backend))
+    }
+}
 
 /// The Service of `backend`: ClusterIP, port 80 to the sidecar's proxy port (or straight to the
 /// application without a sidecar). The sidecar's admin port is never exposed.

@@ -4,15 +4,18 @@
 //! [`crd()`] into `config/crd/`, and every binary deserializes objects through them. Doc comments
 //! on fields become the schema's descriptions, so they are written for `kubectl explain`.
 
+mod pool;
 mod schema;
 mod status;
 
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResource;
 use kube::core::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use pool::{SessionLivedBackendPool, SessionLivedBackendPoolSpec, SessionLivedBackendPoolStatus};
 pub use status::{Condition, ConditionType, Phase, SessionLivedBackendStatus};
 
 /// API group of every Spawner resource.
@@ -240,27 +243,48 @@ pub enum AuthMode {
 fn default_true() -> bool {
     true
 }
-fn default_grace_period_seconds() -> i64 {
+pub(crate) fn default_grace_period_seconds() -> i64 {
     DEFAULT_GRACE_PERIOD_SECONDS
 }
-fn default_http_port() -> i32 {
+pub(crate) fn default_http_port() -> i32 {
     DEFAULT_HTTP_PORT
 }
 
 /// The CustomResourceDefinition as applied to clusters.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
-    let mut crd = SessionLivedBackend::crd();
+pub fn crd() -> CustomResourceDefinition {
     // The backend's Service and route carry its name, so it must be a DNS-1035 label (no dots,
     // starts with a letter), which the API server does not demand of custom objects by itself.
+    with_name_rule(
+        SessionLivedBackend::crd(),
+        63,
+        "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', starting with a \
+         letter): it names the backend's Service and URL",
+    )
+}
+
+/// The pool's CustomResourceDefinition as applied to clusters.
+pub fn pool_crd() -> CustomResourceDefinition {
+    // Warm pods are named `<pool>-<5 characters>` and labelled with the pool's name: both must
+    // stay DNS labels.
+    with_name_rule(
+        SessionLivedBackendPool::crd(),
+        POOL_NAME_MAX,
+        "metadata.name must be a DNS-1035 label of at most 57 characters (lowercase letters, digits and '-', \
+         starting with a letter): it prefixes the names of the pool's pods",
+    )
+}
+
+/// Longest pool name: its pods' names add 6 characters and must stay within 63.
+pub const POOL_NAME_MAX: usize = 57;
+
+fn with_name_rule(mut crd: CustomResourceDefinition, max: usize, message: &str) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
     let schema = crd.spec.versions[0].schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
     schema.expect("kube-derive renders a schema").x_kubernetes_validations = Some(vec![ValidationRule {
-        rule: "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')".into(),
-        message: Some(
-            "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', starting with a \
-             letter): it names the backend's Service and URL"
-                .into(),
+        rule: format!(
+            "self.metadata.name.size() <= {max} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
         ),
+        message: Some(message.into()),
         reason: Some("FieldValueInvalid".into()),
         ..Default::default()
     }]);

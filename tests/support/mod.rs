@@ -292,17 +292,19 @@ impl Drop for TestEnv {
     }
 }
 
-/// Installs (or updates) the generated CRD and waits until it is Established.
+/// Installs (or updates) the generated CRDs and waits until they are Established.
 pub async fn install_crd(client: &Client) {
-    let path = repo_root().join("config/crd/sessionlivedbackends.spawner.dev.yaml");
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).expect("generated CRD parses");
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let name = crd.metadata.name.clone().unwrap();
-    api.patch(&name, &PatchParams::apply("spawner-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("applying the generated CRD");
-    wait_for(&api, &name, conditions::is_crd_established(), Duration::from_secs(30)).await;
+    for file in ["sessionlivedbackends.spawner.dev.yaml", "sessionlivedbackendpools.spawner.dev.yaml"] {
+        let path = repo_root().join("config/crd").join(file);
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).expect("generated CRD parses");
+        let api = Api::<CustomResourceDefinition>::all(client.clone());
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("spawner-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("applying the generated CRD");
+        wait_for(&api, &name, conditions::is_crd_established(), Duration::from_secs(30)).await;
+    }
 }
 
 /// Waits until `cond` holds for the named object, failing the test after `timeout`.

@@ -119,12 +119,18 @@ pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned], base_url: &str) ->
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("kustomization.yaml"), overlay(images, base_url))
         .with_context(|| format!("writing {}/kustomization.yaml", dir.display()))?;
-    // The CRD first, so it is Established before anything could use it; the same (client-side)
-    // apply as the kustomization's, so the second apply finds it unchanged.
-    kubectl(kubeconfig, &["apply", "-f", "config/crd/sessionlivedbackends.spawner.dev.yaml"])?;
+    // The CRDs first, so they are Established before anything could use them; the same
+    // (client-side) apply as the kustomization's, so the second apply finds them unchanged.
+    kubectl(kubeconfig, &["apply", "-k", "config/crd"])?;
     kubectl(
         kubeconfig,
-        &["wait", "--for=condition=Established", "--timeout=60s", "crd/sessionlivedbackends.spawner.dev"],
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/sessionlivedbackends.spawner.dev",
+            "crd/sessionlivedbackendpools.spawner.dev",
+        ],
     )?;
     let applied = kubectl(kubeconfig, &["apply", "-k", OVERLAY_DIR])?;
     let changed: Vec<&str> = applied.lines().filter(|l| !l.ends_with(" unchanged")).collect();

@@ -54,7 +54,11 @@ fn kustomization(resources: &[&str], extra: serde_json::Value) -> serde_json::Va
 
 pub fn render(tree: &mut Tree) {
     tree.yaml("config/crd/sessionlivedbackends.spawner.dev.yaml", &[spawner::crd::crd()]);
-    tree.yaml("config/crd/kustomization.yaml", &[kustomization(&["sessionlivedbackends.spawner.dev.yaml"], json!({}))]);
+    tree.yaml("config/crd/sessionlivedbackendpools.spawner.dev.yaml", &[spawner::crd::pool_crd()]);
+    tree.yaml(
+        "config/crd/kustomization.yaml",
+        &[kustomization(&["sessionlivedbackends.spawner.dev.yaml", "sessionlivedbackendpools.spawner.dev.yaml"], json!({}))],
+    );
 
     tree.yaml("config/rbac/service_accounts.yaml", &rbac::service_accounts());
     tree.yaml("config/rbac/roles.yaml", &rbac::roles());

@@ -1,0 +1,413 @@
+//! The pools' controller: keeps `spec.size` warm pods per [`SessionLivedBackendPool`], Ready and
+//! waiting, and replaces those made from an older template.
+//!
+//! A warm pod is a backend's pod made from the pool's pod-shaping fields (the same
+//! [`build_pod`](super::pod::build_pod)), named `<pool>-<5 random characters>`, controlled by
+//! the pool and labelled with it and with a hash of what it was made from. It has no backend
+//! label, so no backend's Service selects it, and no backend owner, so the sweeper never follows
+//! it: an unclaimed warm pod is never swept. With token auth each warm pod gets a token Secret of
+//! its own, owned by the pod (gone with it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::controllers::context::Context;
+use crate::controllers::pod::SidecarConfig;
+use crate::controllers::{Error, pod, secret};
+use crate::crd::{
+    AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolStatus,
+};
+use crate::names;
+
+/// Label naming the pool a warm pod belongs to.
+pub const POOL_LABEL: &str = "spawner.dev/pool";
+/// Label with the hash of the pod-shaping fields (and sidecar image) a warm pod was made from.
+pub const TEMPLATE_LABEL: &str = "spawner.dev/pool-template";
+
+/// Event reasons on a pool.
+pub mod reason {
+    pub const WARM_PODS_CREATED: &str = "WarmPodsCreated";
+    pub const WARM_PODS_REPLACED: &str = "WarmPodsReplaced";
+}
+
+/// Brings the pool's warm pods to `spec.size` of the current template. Idempotent: what exists
+/// is read from the API server (never from a cache), so a restarted controller neither doubles
+/// nor loses pods.
+pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = pool.namespace().ok_or_else(|| Error::NotNamespaced(pool.name_any()))?;
+    let id = format!("{namespace}/{}", pool.name_any());
+    if pool.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the warm pods.
+        return Ok(Action::await_change());
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={}", pool.name_any())))
+        .await
+        .map_err(|e| Error::api("list", "Pod", &id, e))?;
+    let hash = template_hash(&pool, &ctx.config.sidecar);
+    let plan = plan(&pool, listed.items, &hash);
+
+    for pod in plan.delete.iter() {
+        match pods.delete(&pod.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(Error::api("delete", "Pod", &id, e)),
+        }
+    }
+    let created =
+        futures::future::try_join_all((0..plan.create).map(|_| create_warm_pod(&ctx, &pool, &hash, &id))).await;
+    let created = created?.len();
+
+    let status = SessionLivedBackendPoolStatus {
+        ready: plan.ready,
+        starting: plan.starting + i32::try_from(created).unwrap_or(i32::MAX),
+        conditions: vec![ready_condition(&pool, plan.ready)],
+        observed_generation: pool.metadata.generation,
+    };
+    if pool.status.as_ref().map(comparable) != Some(comparable(&status)) {
+        write_status(&ctx, &pool, &namespace, status, &id).await?;
+    }
+    if plan.stale > 0 {
+        let note = format!("replacing {} warm pods made from an older template", plan.stale);
+        publish(&ctx, &pool, reason::WARM_PODS_REPLACED, note).await;
+    }
+    if created > 0 {
+        info!(pool = %id, created, "started warm pods");
+        publish(&ctx, &pool, reason::WARM_PODS_CREATED, format!("started {created} warm pods")).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Backs off per pool like the backends' error policy.
+pub fn error_policy(pool: Arc<SessionLivedBackendPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    let id = format!("pool {}/{}", pool.namespace().unwrap_or_default(), pool.name_any());
+    super::reconcile::back_off(&id, error, &ctx)
+}
+
+/// What to do with a pool's pods.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    /// Pods to delete: of an older template, finished, or beyond `size`.
+    delete: Vec<Pod>,
+    /// How many of those were of an older template.
+    stale: usize,
+    /// Warm pods to create.
+    create: usize,
+    /// Kept warm pods that are Ready, and still starting.
+    ready: i32,
+    starting: i32,
+}
+
+/// Decides, from the pods labelled with the pool (pure, unit tested). Only pods the pool
+/// controls count: a claimed pod belongs to its backend and is never touched.
+fn plan(pool: &SessionLivedBackendPool, pods: Vec<Pod>, hash: &str) -> Plan {
+    let uid = pool.metadata.uid.as_deref();
+    let mut plan = Plan::default();
+    let mut keep = Vec::new();
+    for pod in pods {
+        let controlled =
+            pod.owner_references().iter().any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid);
+        if !controlled || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        if pod.labels().get(TEMPLATE_LABEL).map(String::as_str) != Some(hash) {
+            plan.stale += 1;
+            plan.delete.push(pod);
+        } else if finished {
+            plan.delete.push(pod);
+        } else {
+            keep.push(pod);
+        }
+    }
+    // Beyond size: let the ones still starting go first.
+    let size = usize::try_from(pool.spec.size).unwrap_or(0);
+    keep.sort_by_key(|p| !is_ready(p));
+    if keep.len() > size {
+        plan.delete.extend(keep.drain(size..));
+    }
+    plan.create = size - keep.len();
+    plan.ready = count(keep.iter().filter(|p| is_ready(p)));
+    plan.starting = count(keep.iter()) - plan.ready;
+    plan
+}
+
+fn count<'a>(pods: impl Iterator<Item = &'a Pod>) -> i32 {
+    i32::try_from(pods.count()).unwrap_or(i32::MAX)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A hash of everything a warm pod is made from: the pool's pod-shaping fields and the sidecar
+/// image (so a controller upgrade also replaces the warm pods). FNV-1a: stable across builds
+/// and Rust versions, unlike std's `DefaultHasher`.
+pub fn template_hash(pool: &SessionLivedBackendPool, sidecar: &SidecarConfig) -> String {
+    let spec = serde_json::to_vec(&pool.spec.backend_spec()).expect("a spec serializes");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in spec.iter().chain(b"\0").chain(sidecar.image.as_bytes()) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The warm pod (and its token Secret, with token auth) named `name`.
+fn warm_pod(pool: &SessionLivedBackendPool, sidecar: &SidecarConfig, name: &str, hash: &str) -> (Pod, Option<Secret>) {
+    // Built as the pod of a backend named like the pod, then relabelled and re-owned: the pod
+    // is exactly what a cold backend of the same spec would get.
+    let stand_in = SessionLivedBackend {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: pool.namespace(),
+            ..Default::default()
+        },
+        spec: pool.spec.backend_spec(),
+        status: None,
+    };
+    let mut pod = pod::build_pod(&stand_in, sidecar);
+    let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.remove(names::BACKEND_LABEL);
+    labels.insert(POOL_LABEL.to_string(), pool.name_any());
+    labels.insert(TEMPLATE_LABEL.to_string(), hash.to_string());
+    pod.metadata.owner_references =
+        pool.controller_owner_ref(&()).map(|r| vec![OwnerReference { block_owner_deletion: Some(true), ..r }]);
+    let token = pool.spec.sidecar.inject && pool.spec.auth.mode == AuthMode::Token;
+    let secret = token.then(|| secret::build_secret(&stand_in)).map(|mut secret| {
+        secret.metadata.labels = Some(BTreeMap::from([
+            (names::MANAGED_BY_LABEL.to_string(), names::MANAGED_BY_VALUE.to_string()),
+            (POOL_LABEL.to_string(), pool.name_any()),
+        ]));
+        secret.metadata.owner_references = None;
+        secret
+    });
+    (pod, secret)
+}
+
+/// Creates one warm pod, then its token Secret owned by it (the kubelet waits for a Secret
+/// volume to appear, and the Secret goes with the pod).
+async fn create_warm_pod(ctx: &Context, pool: &SessionLivedBackendPool, hash: &str, id: &str) -> Result<(), Error> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = format!("{}-{}", pool.name_any(), suffix());
+    let (pod, secret) = warm_pod(pool, &ctx.config.sidecar, &name, hash);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let created = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+        .create(&params, &pod)
+        .await
+        .map_err(|e| Error::api("create", "Pod", id, e))?;
+    if let Some(mut secret) = secret {
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: created.name_any(),
+            uid: created.metadata.uid.clone().unwrap_or_default(),
+            ..OwnerReference::default()
+        }]);
+        Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+            .create(&params, &secret)
+            .await
+            .map_err(|e| Error::api("create", "Secret", id, e))?;
+    }
+    Ok(())
+}
+
+/// Five random lowercase letters and digits, as the API server's `generateName` makes.
+fn suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+fn ready_condition(pool: &SessionLivedBackendPool, ready: i32) -> Condition {
+    let full = ready >= pool.spec.size;
+    Condition {
+        type_: "Ready".into(),
+        status: if full { "True" } else { "False" }.into(),
+        reason: if full { "Full" } else { "Filling" }.into(),
+        message: format!("{ready} of {} warm pods Ready", pool.spec.size),
+        observed_generation: pool.metadata.generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+/// The status without condition timestamps, to tell whether anything changed.
+fn comparable(status: &SessionLivedBackendPoolStatus) -> SessionLivedBackendPoolStatus {
+    let mut status = status.clone();
+    for c in &mut status.conditions {
+        c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    }
+    status
+}
+
+async fn write_status(
+    ctx: &Context,
+    pool: &SessionLivedBackendPool,
+    namespace: &str,
+    mut status: SessionLivedBackendPoolStatus,
+    id: &str,
+) -> Result<(), Error> {
+    // A condition keeps its transition time while its status stays the same.
+    if let Some(old) = pool.status.as_ref() {
+        for c in &mut status.conditions {
+            if let Some(o) = old.conditions.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+                c.last_transition_time = o.last_transition_time.clone();
+            }
+        }
+    }
+    let api: Api<SessionLivedBackendPool> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": SessionLivedBackendPool::api_version(&()),
+        "kind": SessionLivedBackendPool::kind(&()),
+        "status": status,
+    });
+    match api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::api("patch status of", "SessionLivedBackendPool", id, e)),
+    }
+}
+
+async fn publish(ctx: &Context, pool: &SessionLivedBackendPool, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        warn!(pool = %pool.name_any(), reason, error = %e, "failed to publish Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::crd::SessionLivedBackendPoolSpec;
+
+    fn pool(size: i32) -> SessionLivedBackendPool {
+        let spec: SessionLivedBackendPoolSpec = serde_json::from_value(json!({
+            "size": size,
+            "template": {"containers": [{"name": "app", "image": "app:1"}]},
+        }))
+        .unwrap();
+        let mut pool = SessionLivedBackendPool::new("lobby", spec);
+        pool.metadata.namespace = Some("games".into());
+        pool.metadata.uid = Some("pool-uid".into());
+        pool
+    }
+
+    fn pod(name: &str, hash: &str, owner: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([(TEMPLATE_LABEL.to_string(), hash.to_string())])),
+                owner_references: Some(vec![OwnerReference {
+                    controller: Some(true),
+                    uid: owner.into(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec { containers: vec![Container::default()], ..PodSpec::default() }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    fn names(pods: &[Pod]) -> Vec<String> {
+        pods.iter().map(|p| p.name_any()).collect()
+    }
+
+    #[test]
+    fn an_empty_pool_is_filled_to_size() {
+        let plan = plan(&pool(3), vec![], "h1");
+        assert_eq!((plan.create, plan.ready, plan.starting), (3, 0, 0));
+        assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn pods_of_an_older_template_are_replaced_and_counted_as_stale() {
+        let pods = vec![pod("a", "h0", "pool-uid", true), pod("b", "h1", "pool-uid", false)];
+        let plan = plan(&pool(2), pods, "h1");
+        assert_eq!(names(&plan.delete), ["a"]);
+        assert_eq!((plan.stale, plan.create, plan.ready, plan.starting), (1, 1, 0, 1));
+    }
+
+    #[test]
+    fn claimed_pods_and_pods_being_deleted_are_left_alone() {
+        let claimed = pod("claimed", "h1", "backend-uid", true);
+        let mut going = pod("going", "h1", "pool-uid", true);
+        going.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let plan = plan(&pool(1), vec![claimed, going], "h1");
+        assert!(plan.delete.is_empty());
+        assert_eq!(plan.create, 1);
+    }
+
+    #[test]
+    fn beyond_size_the_starting_pods_go_first_and_finished_ones_are_replaced() {
+        let mut failed = pod("failed", "h1", "pool-uid", false);
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        let pods = vec![pod("starting", "h1", "pool-uid", false), pod("ready", "h1", "pool-uid", true), failed];
+        let plan = plan(&pool(1), pods, "h1");
+        assert_eq!(names(&plan.delete), ["failed", "starting"]);
+        assert_eq!((plan.stale, plan.create, plan.ready, plan.starting), (0, 0, 1, 0));
+    }
+
+    #[test]
+    fn a_warm_pod_is_the_backend_pod_owned_by_the_pool_without_a_backend_label() {
+        let (pod, secret) = warm_pod(&pool(1), &SidecarConfig::default(), "lobby-x2b4c", "h1");
+        let labels = pod.labels();
+        assert_eq!(labels.get(POOL_LABEL).map(String::as_str), Some("lobby"));
+        assert_eq!(labels.get(TEMPLATE_LABEL).map(String::as_str), Some("h1"));
+        assert!(!labels.contains_key(names::BACKEND_LABEL), "no backend's Service may select a warm pod");
+        let owner = &pod.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SessionLivedBackendPool", "pool-uid", Some(true))
+        );
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.containers.iter().any(|c| c.name == names::SIDECAR_CONTAINER));
+        let volume = spec.volumes.as_ref().unwrap().iter().find_map(|v| v.secret.as_ref()).unwrap();
+        assert_eq!(volume.secret_name.as_deref(), Some("lobby-x2b4c"));
+        let secret = secret.expect("token auth: a Secret per warm pod");
+        assert_eq!(secret.metadata.name.as_deref(), Some("lobby-x2b4c"));
+        assert_eq!(secret.data.unwrap()[secret::TOKEN_KEY].0.len(), 43);
+    }
+
+    #[test]
+    fn the_template_hash_changes_with_the_template_and_the_sidecar_image_only() {
+        let mut sidecar = SidecarConfig::default();
+        let base = template_hash(&pool(1), &sidecar);
+        assert_eq!(base, template_hash(&pool(5), &sidecar), "the size is not part of the template");
+        let mut other = pool(1);
+        other.spec.template.containers[0].image = Some("app:2".into());
+        assert_ne!(base, template_hash(&other, &sidecar));
+        sidecar.image = "sidecar:2".into();
+        assert_ne!(base, template_hash(&pool(1), &sidecar));
+    }
+}
