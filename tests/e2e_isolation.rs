@@ -10,7 +10,8 @@
 //!   still sweeps it.
 //! - Egress: a listener on the other node answers on a "public-looking" address (203.0.113.7),
 //!   the cloud metadata address (169.254.169.254) and the node's own private address; a
-//!   backend's probes reach exactly what its `spec.egress` allows.
+//!   backend's probes reach exactly what its `spec.egress` allows, and a pool's warm pod what the
+//!   pool's does.
 
 mod support;
 
@@ -20,7 +21,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::PostParams;
 use kube::runtime::wait::conditions;
 use kube::{Api, ResourceExt};
-use spawner::crd::{AuthMode, Egress, SessionLivedBackend};
+use spawner::crd::{AuthMode, Egress, SessionLivedBackend, SessionLivedBackendPool};
 use spawner::names;
 use support::{TestEnv, netcheck};
 
@@ -122,12 +123,18 @@ async fn e2e_enforced_egress_public_reaches_only_public_addresses_none_nothing_u
         let backend = probing_backend(*egress, probes, &first);
         api.create(&PostParams::default(), &backend).await.unwrap();
     }
+    // A pool's warm pod runs under its pool's egress from the start, before any claim.
+    let (pool_egress, pool_probes) = (&cases[1].0, &cases[1].1);
+    let pool = probing_pool(probing_backend(*pool_egress, pool_probes, &first));
+    env.api::<SessionLivedBackendPool>().create(&PostParams::default(), &pool).await.unwrap();
+    let warm_pod = warm_pod_of(&env, &pool.name_any()).await;
+
     let mut failures = Vec::new();
-    for (egress, probes) in &cases {
-        let name = backend_name(*egress);
+    let backends = cases.iter().map(|(egress, probes)| (*egress, probes, backend_name(*egress)));
+    for (egress, probes, name) in backends.chain([(*pool_egress, pool_probes, warm_pod)]) {
         let pod = support::wait_for(&pods, &name, probes_finished(probes.len()), Duration::from_secs(180))
             .await
-            .unwrap_or_else(|| panic!("no pod for backend {name}"));
+            .unwrap_or_else(|| panic!("no pod {name}"));
         for status in pod.status.unwrap().container_statuses.unwrap_or_default() {
             let Some(probe) = status.name.strip_prefix("probe-") else { continue };
             let code = status.state.and_then(|s| s.terminated).map(|t| t.exit_code);
@@ -167,6 +174,32 @@ fn probing_backend(egress: Egress, probes: &[(&str, Vec<String>)], node: &str) -
         },
     }))
     .expect("a valid backend")
+}
+
+/// A pool of one warm pod made like `backend`.
+fn probing_pool(backend: SessionLivedBackend) -> SessionLivedBackendPool {
+    let mut spec = serde_json::to_value(&backend.spec).unwrap();
+    spec["size"] = 1.into();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1",
+        "kind": "SessionLivedBackendPool",
+        "metadata": {"name": format!("{}-pool", backend.name_any())},
+        "spec": spec,
+    }))
+    .expect("a valid pool")
+}
+
+/// The name of the pool's warm pod, once the controller has made it.
+async fn warm_pod_of(env: &TestEnv, pool: &str) -> String {
+    let params = kube::api::ListParams::default().labels(&format!("spawner.dev/pool={pool}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pod) = env.api::<Pod>().list(&params).await.unwrap().items.first() {
+            return pod.name_any();
+        }
+        assert!(std::time::Instant::now() < deadline, "no warm pod for pool {pool} within 60s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Every `probe-*` container of the pod has terminated.

@@ -81,7 +81,10 @@ async fn a_pool_fills_to_size_with_warm_pods_of_their_own_and_refills_when_one_g
     let mut tokens = BTreeSet::new();
     for pod in &pods {
         let owner = &pod.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("SessionLivedBackendPool", created.uid().unwrap().as_str()));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("SessionLivedBackendPool", created.uid().unwrap().as_str())
+        );
         assert!(!pod.labels().contains_key("spawner.dev/backend"), "no backend's Service may select a warm pod");
         assert!(pod.name_any().starts_with("lobby-"), "{}", pod.name_any());
         // Each warm pod has a token of its own, in a Secret that goes with the pod.
@@ -97,10 +100,9 @@ async fn a_pool_fills_to_size_with_warm_pods_of_their_own_and_refills_when_one_g
     // A warm pod that goes is replaced, and the pool holds two again, not three.
     let gone = pods[0].name_any();
     env.api::<Pod>().delete(&gone, &DeleteParams::default()).await.unwrap();
-    let refilled = wait_for_pods(&env, "lobby", "a replacement warm pod", |pods| {
-        pods.len() == 2 && !names(pods).contains(&gone)
-    })
-    .await;
+    let refilled =
+        wait_for_pods(&env, "lobby", "a replacement warm pod", |pods| pods.len() == 2 && !names(pods).contains(&gone))
+            .await;
     support::wait_for(&pools, "lobby", settled_at(2), WAIT).await;
     assert_eq!(names(&warm_pods(&env, "lobby").await), names(&refilled), "no extra pod once settled");
 }

@@ -19,6 +19,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
+use crate::controllers::Error;
+use crate::controllers::context::Context;
 use crate::crd::{Egress, FIELD_MANAGER};
 use crate::names;
 
@@ -108,6 +110,17 @@ pub fn build(namespace: &str) -> Vec<NetworkPolicy> {
             }),
         ),
     ]
+}
+
+/// Applies the namespace's NetworkPolicies once per controller process, before any pod of the
+/// namespace is created by it (a backend's or a pool's): a pod must never run unisolated.
+pub async fn ensure(ctx: &Context, namespace: &str, id: &str) -> Result<(), Error> {
+    if ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).contains(namespace) {
+        return Ok(());
+    }
+    apply(&ctx.client, namespace).await.map_err(|e| Error::api("apply", "NetworkPolicy", id, e))?;
+    ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
+    Ok(())
 }
 
 /// Applies the namespace's policies (server-side apply: creates them, or restores what was

@@ -6,7 +6,8 @@
 //! the pool and labelled with it and with a hash of what it was made from. It has no backend
 //! label, so no backend's Service selects it, and no backend owner, so the sweeper never follows
 //! it: an unclaimed warm pod is never swept. With token auth each warm pod gets a token Secret of
-//! its own, owned by the pod (gone with it).
+//! its own, owned by the pod (gone with it). Warm pods carry the pool's `egress` label and are
+//! isolated by the namespace's NetworkPolicies, applied before the first one is created.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::controllers::context::Context;
 use crate::controllers::pod::SidecarConfig;
-use crate::controllers::{Error, pod, secret};
+use crate::controllers::{Error, network_policy, pod, secret};
 use crate::crd::{
     AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolStatus,
 };
@@ -50,6 +51,7 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
         // Garbage collection removes the warm pods.
         return Ok(Action::await_change());
     }
+    network_policy::ensure(&ctx, &namespace, &id).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let listed = pods
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={}", pool.name_any())))

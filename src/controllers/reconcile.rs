@@ -46,7 +46,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     let over = deleting || old_phase == Some(Phase::Failed);
 
     if !over {
-        isolate_namespace(&ctx, &namespace, &id).await?;
+        network_policy::ensure(&ctx, &namespace, &id).await?;
     }
 
     // A backend never reconciled has, in all likelihood, no children yet: create them straight
@@ -190,17 +190,6 @@ fn had_pod(backend: &SessionLivedBackend) -> bool {
     backend.status.as_ref().is_some_and(|s| {
         s.started_at.is_some() || matches!(s.phase, Some(Phase::Scheduled | Phase::Running | Phase::Ready))
     })
-}
-
-/// Applies the namespace's NetworkPolicies once per controller process, before any pod of the
-/// namespace is created by it: a pod must never run unisolated.
-async fn isolate_namespace(ctx: &Context, namespace: &str, id: &str) -> Result<(), Error> {
-    if ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).contains(namespace) {
-        return Ok(());
-    }
-    network_policy::apply(&ctx.client, namespace).await.map_err(|e| Error::api("apply", "NetworkPolicy", id, e))?;
-    ctx.isolated_namespaces.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
-    Ok(())
 }
 
 async fn write_status(

@@ -57,7 +57,10 @@ pub fn render(tree: &mut Tree) {
     tree.yaml("config/crd/sessionlivedbackendpools.spawner.dev.yaml", &[spawner::crd::pool_crd()]);
     tree.yaml(
         "config/crd/kustomization.yaml",
-        &[kustomization(&["sessionlivedbackends.spawner.dev.yaml", "sessionlivedbackendpools.spawner.dev.yaml"], json!({}))],
+        &[kustomization(
+            &["sessionlivedbackends.spawner.dev.yaml", "sessionlivedbackendpools.spawner.dev.yaml"],
+            json!({}),
+        )],
     );
 
     tree.yaml("config/rbac/service_accounts.yaml", &rbac::service_accounts());
