@@ -73,7 +73,7 @@ async fn create_get_list_and_delete_a_backend() {
 
     let backend: SessionLivedBackend = serde_json::from_str(&ok(&env, &["get", "web-1", "-o", "json"])).unwrap();
     assert_eq!(backend.spec.grace_period_seconds, 30);
-    let container = &backend.spec.template.containers[0];
+    let container = &backend.spec.template.as_ref().unwrap().containers[0];
     assert_eq!(container.image.as_deref(), Some(IMAGE));
     assert_eq!(container.env.as_ref().unwrap()[0].value.as_deref(), Some("test"));
     let described = ok(&env, &["get", "web-1"]);
@@ -305,5 +305,5 @@ async fn e2e_connect_reports_its_failed_backend_and_the_next_connect_replaces_it
     assert!(url.contains(&format!("/p/{}/{name}/?token=", env.namespace)), "{url}");
     let replacement = backends.get(&name).await.unwrap();
     assert_ne!(replacement.metadata.uid, failed_uid);
-    assert_eq!(replacement.spec.template.containers[0].image.as_deref(), Some(IMAGE));
+    assert_eq!(replacement.spec.template.as_ref().unwrap().containers[0].image.as_deref(), Some(IMAGE));
 }

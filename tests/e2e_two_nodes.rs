@@ -33,7 +33,7 @@ static CONTROLLER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 /// The demo backend, pinned to `node`.
 fn pinned(name: &str, grace_seconds: u64, node: &str) -> SessionLivedBackend {
     let mut backend = support::demo_backend(name, grace_seconds);
-    backend.spec.template.node_selector =
+    backend.spec.template.as_mut().unwrap().node_selector =
         Some(BTreeMap::from([("kubernetes.io/hostname".to_string(), node.to_string())]));
     backend
 }

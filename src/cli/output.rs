@@ -74,7 +74,7 @@ pub fn table(backends: &[SessionLivedBackend], with_namespace: bool, now: Timest
 /// `kubectl describe`-like text for one backend.
 pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
     let status = backend.status.clone().unwrap_or_default();
-    let container = backend.spec.template.containers.first();
+    let container = backend.spec.template.as_ref().and_then(|t| t.containers.first());
     let mut lines = vec![
         ("Name", backend.name_any()),
         ("Namespace", backend.namespace().unwrap_or_default()),

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 pub use error::Error;
 use error::status_code;
 use names::{CONNECT_KEY_ANNOTATION, check_key, name_for_key};
-pub use request::{BackendRequest, Naming};
+pub use request::{BackendRequest, Naming, Source};
 pub use state::{State, condition, phase_of, state, why_not_ready};
 
 use crate::crd::{AuthMode, Phase, SessionLivedBackend, SessionLivedBackendSpec};
@@ -287,7 +287,7 @@ mod tests {
         let backend = request.to_backend();
         assert_eq!(backend.metadata.generate_name.as_deref(), Some("game-"));
         assert_eq!(backend.metadata.name, None);
-        let container = &backend.spec.template.containers[0];
+        let container = &backend.spec.template.as_ref().unwrap().containers[0];
         assert_eq!(container.image.as_deref(), Some("example/game:1"));
         assert_eq!(container.env.as_ref().unwrap()[0].name, "MODE");
         assert_eq!(backend.spec.grace_period_seconds, 5);

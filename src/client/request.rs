@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::api::ObjectMeta;
 
 use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, SessionLivedBackend,
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, PoolRef, SessionLivedBackend,
     SessionLivedBackendSpec, SidecarSpec,
 };
 
@@ -18,11 +18,21 @@ pub enum Naming {
     GenerateName(String),
 }
 
-/// What a user asks for: one application container and the backend's knobs.
+/// Where the backend's pod comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A pod of its own, whose one application container runs this image.
+    Image(String),
+    /// A warm pod of this pool (the pool's pod-shaping fields apply, not the request's).
+    Pool(String),
+}
+
+/// What a user asks for: one application container (or a pool's warm pod) and the backend's
+/// knobs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendRequest {
     pub naming: Naming,
-    pub image: String,
+    pub source: Source,
     pub http_port: i32,
     pub grace_period_seconds: i64,
     /// Unset: the CRD's rule (the smaller of 300 s and the max lifetime), as for a manifest.
@@ -37,9 +47,18 @@ pub struct BackendRequest {
 impl BackendRequest {
     /// A request with the CRD's defaults.
     pub fn new(naming: Naming, image: impl Into<String>) -> BackendRequest {
+        Self::from_source(naming, Source::Image(image.into()))
+    }
+
+    /// A request with the CRD's defaults for a warm pod of `pool`.
+    pub fn from_pool(naming: Naming, pool: impl Into<String>) -> BackendRequest {
+        Self::from_source(naming, Source::Pool(pool.into()))
+    }
+
+    fn from_source(naming: Naming, source: Source) -> BackendRequest {
         BackendRequest {
             naming,
-            image: image.into(),
+            source,
             http_port: DEFAULT_HTTP_PORT,
             grace_period_seconds: DEFAULT_GRACE_PERIOD_SECONDS,
             startup_timeout_seconds: None,
@@ -62,14 +81,21 @@ impl BackendRequest {
             .iter()
             .map(|(name, value)| EnvVar { name: name.clone(), value: Some(value.clone()), ..Default::default() })
             .collect();
-        let container = Container {
-            name: "application".into(),
-            image: Some(self.image.clone()),
-            env: (!env.is_empty()).then_some(env),
-            ..Default::default()
+        let (template, pool_ref) = match &self.source {
+            Source::Image(image) => {
+                let container = Container {
+                    name: "application".into(),
+                    image: Some(image.clone()),
+                    env: (!env.is_empty()).then_some(env),
+                    ..Default::default()
+                };
+                (Some(PodSpec { containers: vec![container], ..Default::default() }), None)
+            }
+            Source::Pool(pool) => (None, Some(PoolRef { name: pool.clone() })),
         };
         let spec = SessionLivedBackendSpec {
-            template: PodSpec { containers: vec![container], ..Default::default() },
+            template,
+            pool_ref,
             grace_period_seconds: self.grace_period_seconds,
             http_port: self.http_port,
             startup_timeout_seconds: self.startup_timeout_seconds,

@@ -75,7 +75,8 @@ pub fn child_meta(backend: &SessionLivedBackend) -> ObjectMeta {
 /// immutable, and a backend's process is its session).
 pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod {
     let spec = &backend.spec;
-    let mut template: PodSpec = spec.template.clone();
+    // A backend of a pool is built from the pool's spec (see `pool::effective`): it has one.
+    let mut template: PodSpec = spec.template.clone().unwrap_or_default();
     // A backend that dies is over: its session state is gone, so it is never restarted.
     template.restart_policy = Some("Never".to_string());
 
@@ -273,7 +274,7 @@ mod tests {
     #[test]
     fn a_port_set_by_the_user_is_replaced_not_duplicated() {
         let mut backend = SessionLivedBackend::test();
-        backend.spec.template.containers[0].env = Some(vec![env_var("PORT", "1".into()), env_var("X", "y".into())]);
+        backend.spec.template.as_mut().unwrap().containers[0].env = Some(vec![env_var("PORT", "1".into()), env_var("X", "y".into())]);
         let pod = build_pod(&backend, &SidecarConfig::default());
         let app_env = pod.spec.unwrap().containers[0].env.clone().unwrap();
         assert_eq!(app_env.iter().filter(|e| e.name == "PORT").count(), 1);
@@ -349,10 +350,10 @@ mod tests {
 
         // The template's own unnamed entry for the port is named; a named one is left alone.
         let mut unnamed = backend.clone();
-        unnamed.spec.template.containers[0].ports = Some(vec![port_entry(None, 3000)]);
+        unnamed.spec.template.as_mut().unwrap().containers[0].ports = Some(vec![port_entry(None, 3000)]);
         assert_eq!(app_ports(&unnamed), vec![(named.clone(), 3000)]);
         let mut other_name = backend.clone();
-        other_name.spec.template.containers[0].ports = Some(vec![port_entry(Some("web"), 3000)]);
+        other_name.spec.template.as_mut().unwrap().containers[0].ports = Some(vec![port_entry(Some("web"), 3000)]);
         assert_eq!(app_ports(&other_name), vec![(Some("web".into()), 3000), (named, 3000)]);
 
         // With the sidecar, the policy opens the sidecar's port: the app's ports are untouched.

@@ -79,9 +79,21 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
     // so an edit would be accepted and silently do nothing. The lifetime limits stay editable
     // (the controller reads them on every reconcile).
     {
-        "rule": "self.template == oldSelf.template",
+        "rule": "has(self.template) != has(self.poolRef)",
+        "message": "spec needs exactly one of template (a pod of its own) and poolRef (a warm pod from a pool)",
+        "fieldPath": ".template",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "has(self.template) == has(oldSelf.template) && (!has(self.template) || self.template == oldSelf.template)",
         "message": "spec.template is immutable: the backend's pod is never recreated (create a new backend instead)",
         "fieldPath": ".template",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "has(self.poolRef) == has(oldSelf.poolRef) && (!has(self.poolRef) || self.poolRef == oldSelf.poolRef)",
+        "message": "spec.poolRef is immutable: the backend's pod is never recreated",
+        "fieldPath": ".poolRef",
         "reason": "FieldValueInvalid"
     },
     {
@@ -120,9 +132,18 @@ pub struct SessionLivedBackendSpec {
     /// node selection and the rest of a core/v1 PodSpec. The first container is the
     /// application; it receives `PORT` set to `httpPort`. Fields not listed here are checked by
     /// the API server when the pod is created; a pod it refuses makes the backend Failed with
-    /// the API server's message.
-    #[schemars(schema_with = "schema::pod_template")]
-    pub template: PodSpec,
+    /// the API server's message. Exactly one of `template` and `poolRef` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::optional_pod_template")]
+    pub template: Option<PodSpec>,
+
+    /// Take a warm pod from this `SessionLivedBackendPool` (same namespace) instead of starting
+    /// one: the backend is Ready as soon as the pod is its own. With no warm pod left it starts
+    /// cold from the pool's template. The pod-shaping fields (`httpPort`, `sidecar`, `auth`,
+    /// `gracePeriodSeconds`, `egress`) are then the pool's, whatever the backend says; the
+    /// lifetime limits stay the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_ref: Option<PoolRef>,
 
     /// Seconds a backend may stay with no live connection (no open WebSocket, no HTTP request in
     /// flight) before it is swept. Counted from Ready when no one ever connected.
@@ -164,6 +185,14 @@ pub struct SessionLivedBackendSpec {
     /// Enforced by NetworkPolicy, so only on a network that enforces it.
     #[serde(default)]
     pub egress: Egress,
+}
+
+/// A pool in the backend's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct PoolRef {
+    /// The pool's name.
+    #[schemars(length(min = 1, max = 57))]
+    pub name: String,
 }
 
 /// Where a backend's pod may connect to (see `spec.egress`).

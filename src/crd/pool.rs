@@ -68,7 +68,8 @@ impl SessionLivedBackendPoolSpec {
     /// which are the claiming backend's).
     pub fn backend_spec(&self) -> SessionLivedBackendSpec {
         SessionLivedBackendSpec {
-            template: self.template.clone(),
+            template: Some(self.template.clone()),
+            pool_ref: None,
             grace_period_seconds: self.grace_period_seconds,
             http_port: self.http_port,
             startup_timeout_seconds: None,

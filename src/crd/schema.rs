@@ -8,6 +8,11 @@
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
+/// Schema of a backend's optional `spec.template` (the same as a pool's).
+pub fn optional_pod_template(generator: &mut SchemaGenerator) -> Schema {
+    pod_template(generator)
+}
+
 /// Schema of `spec.template`: a PodSpec, checked loosely (see the module docs).
 pub fn pod_template(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
