@@ -502,3 +502,58 @@ async fn the_event_stream_serves_many_clients_and_a_stalled_one_does_not_slow_th
     let metrics = get(sidecar.admin, "/metrics").await.unwrap().text();
     assert!(metrics.contains("spawner_sidecar_forwarded_requests_total 2000"), "{metrics}");
 }
+
+/// `POST /claim` on the admin port, as the controller sends it; the raw response.
+async fn claim(admin: std::net::SocketAddr, key: &str, backend: &str, token: &str) -> String {
+    let body = format!(r#"{{"backend":"{backend}","token":"{token}"}}"#);
+    let request = format!(
+        "POST /claim HTTP/1.1\r\nHost: sidecar\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw(admin, request.as_bytes()).await
+}
+
+#[tokio::test]
+async fn a_warm_pod_serves_nobody_until_claimed_and_then_only_its_backends_token() {
+    let key = token_file("claim-key-1\n");
+    let (_app, sidecar) = app_and_sidecar(&["--claim-key-file", key.path()]).await;
+    let before = get(sidecar.proxy, "/echo-request").await.unwrap();
+    assert_eq!(before.status, StatusCode::SERVICE_UNAVAILABLE, "{}", before.text());
+    // The claim key is not a token for the public port.
+    let with_key = get_with(sidecar.proxy, "/echo-request", &[("authorization", "Bearer claim-key-1")]).await.unwrap();
+    assert_eq!(with_key.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let refused = claim(sidecar.admin, "wrong-key", "uid-a", "session-a").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert_eq!(get(sidecar.proxy, "/echo-request").await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let claimed = claim(sidecar.admin, "claim-key-1", "uid-a", "session-a").await;
+    assert!(claimed.starts_with("HTTP/1.1 200"), "{claimed}");
+    assert_eq!(get(sidecar.proxy, "/echo-request").await.unwrap().status, StatusCode::UNAUTHORIZED);
+    let reply = get_with(sidecar.proxy, "/echo-request", &[("authorization", "Bearer session-a")]).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echoed_header("authorization"), None, "the token never reaches the app");
+
+    // Never another backend's pod; and nothing but JSON claims.
+    let other = claim(sidecar.admin, "claim-key-1", "uid-b", "session-b").await;
+    assert!(other.starts_with("HTTP/1.1 409"), "{other}");
+    let reply = get_with(sidecar.proxy, "/echo-request", &[("authorization", "Bearer session-b")]).await.unwrap();
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let garbage = raw(
+        sidecar.admin,
+        b"POST /claim HTTP/1.1\r\nHost: s\r\nAuthorization: Bearer claim-key-1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nxyz",
+    )
+    .await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+}
+
+#[tokio::test]
+async fn a_sidecar_with_a_token_is_not_claimable() {
+    let token = token_file("tok-1\n");
+    let (_app, sidecar) = app_and_sidecar(&["--token-file", token.path()]).await;
+    let reply = claim(sidecar.admin, "tok-1", "uid-a", "other").await;
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    let ok = get_with(sidecar.proxy, "/echo-request", &[("authorization", "Bearer tok-1")]).await.unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+}

@@ -274,7 +274,8 @@ mod tests {
     #[test]
     fn a_port_set_by_the_user_is_replaced_not_duplicated() {
         let mut backend = SessionLivedBackend::test();
-        backend.spec.template.as_mut().unwrap().containers[0].env = Some(vec![env_var("PORT", "1".into()), env_var("X", "y".into())]);
+        backend.spec.template.as_mut().unwrap().containers[0].env =
+            Some(vec![env_var("PORT", "1".into()), env_var("X", "y".into())]);
         let pod = build_pod(&backend, &SidecarConfig::default());
         let app_env = pod.spec.unwrap().containers[0].env.clone().unwrap();
         assert_eq!(app_env.iter().filter(|e| e.name == "PORT").count(), 1);

@@ -11,10 +11,11 @@ use futures::stream;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::watch;
 
+use super::claim::{CLAIM_PATH, Claim, ClaimRequest, Refusal};
 use super::event::{EVENTS_PATH, HEARTBEAT};
 use super::metrics::Metrics;
 use super::state::{Snapshot, Tracker};
@@ -31,7 +32,12 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: /readyz fails so no new traffic is routed here.
     pub draining: AtomicBool,
+    /// A warm pod's claim state (`POST /claim`).
+    pub claim: Option<Arc<Claim>>,
 }
+
+/// Largest claim request body.
+const MAX_CLAIM_BYTES: usize = 4096;
 
 fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
@@ -42,6 +48,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
 
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
+        if req.uri().path() == CLAIM_PATH {
+            return Ok(self.claim(req).await);
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
         }
@@ -68,6 +77,34 @@ impl Admin {
             EVENTS_PATH => events(self.tracker.subscribe()),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         })
+    }
+}
+
+impl Admin {
+    /// `POST /claim`: `Authorization: Bearer <claim key>`, a JSON [`ClaimRequest`].
+    async fn claim(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let Some(claim) = &self.claim else { return text(StatusCode::NOT_FOUND, "not a warm pod\n") };
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let key = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        let key = key.strip_prefix(b"Bearer ").unwrap_or_default().to_vec();
+        let body = match Limited::new(req.into_body(), MAX_CLAIM_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable or too large claim\n"),
+        };
+        let Ok(request) = serde_json::from_slice::<ClaimRequest>(&body) else {
+            return text(StatusCode::BAD_REQUEST, "the claim is not {\"backend\": ..., \"token\": ...}\n");
+        };
+        match claim.claim(&key, &request) {
+            Ok(()) => {
+                tracing::info!(backend = %request.backend, "claimed");
+                text(StatusCode::OK, "claimed\n")
+            }
+            Err(Refusal::BadKey) => text(StatusCode::UNAUTHORIZED, "wrong or missing claim key\n"),
+            Err(Refusal::OtherBackend) => text(StatusCode::CONFLICT, "already claimed by another backend\n"),
+            Err(Refusal::BadToken) => text(StatusCode::BAD_REQUEST, "unusable token\n"),
+        }
     }
 }
 

@@ -75,6 +75,11 @@ impl Auth {
         self.token.ct_eq(candidate).into()
     }
 
+    /// Whether `candidate` is the token (constant-time).
+    pub fn is(&self, candidate: &[u8]) -> bool {
+        self.matches(candidate)
+    }
+
     /// Decide on a request and remove our token from it, wherever it was.
     pub fn check(&self, uri: &mut Uri, headers: &mut HeaderMap) -> Verdict {
         let by_header = self.take_bearer(headers);

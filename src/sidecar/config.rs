@@ -31,6 +31,11 @@ pub struct Config {
     /// File holding the backend's token; unset turns auth off.
     #[arg(long, env = "SPAWNER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// A pool's warm pod: file holding the claim key. The public port answers 503 until the
+    /// controller claims the pod (`POST /claim` on the admin port with this key), handing over
+    /// the backend's token.
+    #[arg(long, env = "SPAWNER_CLAIM_KEY_FILE", conflicts_with = "token_file")]
+    pub claim_key_file: Option<PathBuf>,
     /// Seconds the app may take to start answering a request before the client gets 504.
     #[arg(long = "upstream-timeout", env = "SPAWNER_UPSTREAM_TIMEOUT", default_value_t = 60.0)]
     pub upstream_timeout_secs: f64,

@@ -1,6 +1,6 @@
 //! The sidecar: a WebSocket-aware reverse proxy in every backend pod (see the README).
 //!
-//! - [`proxy`]: the public port: auth ([`auth`]), readiness gate, header rules ([`headers`],
+//! - [`proxy`]: the public port: auth ([`auth`]; a warm pod's [`claim`]), readiness gate, header rules ([`headers`],
 //!   with [`framing`] for what hyper's parser hides), streaming ([`body`]) and upgrades
 //!   ([`splice`]) to the app on 127.0.0.1.
 //! - [`state`]: live-connection accounting and readiness ([`readiness`]), published as the event
@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod claim;
 pub mod config;
 pub mod event;
 pub mod framing;
@@ -59,7 +60,15 @@ pub struct Sidecar {
 impl Sidecar {
     /// Read the token and bind both ports.
     pub async fn bind(config: Config) -> Result<Self, Error> {
-        let auth = config.token_file.as_deref().map(auth::Auth::from_file).transpose()?;
+        let access = match (&config.token_file, &config.claim_key_file) {
+            (Some(token), _) => claim::Access::Token(auth::Auth::from_file(token)?),
+            (None, Some(key)) => claim::Access::Claimable(Arc::new(claim::Claim::from_file(key)?)),
+            (None, None) => claim::Access::Open,
+        };
+        let claim = match &access {
+            claim::Access::Claimable(claim) => Some(claim.clone()),
+            _ => None,
+        };
         let bind = |port: u16, what: &'static str| {
             let addr = SocketAddr::new(config.listen_address, port);
             async move { TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr, what, source }) }
@@ -73,7 +82,7 @@ impl Sidecar {
         let proxy = Arc::new(proxy::Proxy {
             app: SocketAddr::new(config.app_host, config.app_port),
             tracker: tracker.clone(),
-            auth,
+            access,
             metrics: metrics.clone(),
             upstream_timeout: config.upstream_timeout(),
             connect_timeout: config.connect_timeout(),
@@ -82,7 +91,7 @@ impl Sidecar {
             close_upgraded: CancellationToken::new(),
             close_timeout: config.close_timeout(),
         });
-        let admin = Arc::new(admin::Admin { tracker, metrics, draining: Default::default() });
+        let admin = Arc::new(admin::Admin { tracker, metrics, draining: Default::default(), claim });
         Ok(Self { config, proxy_listener, admin_listener, proxy, admin })
     }
 

@@ -16,8 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{Auth, Verdict};
+use super::auth::Verdict;
 use super::body::ProxyBody;
+use super::claim::Access;
 use super::framing::BothLengths;
 use super::headers;
 use super::metrics::Metrics;
@@ -30,7 +31,7 @@ use super::tasks::TaskGroup;
 pub struct Proxy {
     pub app: SocketAddr,
     pub tracker: Tracker,
-    pub auth: Option<Auth>,
+    pub access: Access,
     pub metrics: Arc<Metrics>,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
@@ -112,7 +113,22 @@ impl Proxy {
             return Ok(bad_request(e));
         }
         let mut set_cookie = None;
-        if let Some(auth) = &self.auth {
+        let claimed;
+        let auth = match &self.access {
+            Access::Open => None,
+            Access::Token(auth) => Some(auth),
+            Access::Claimable(claim) => match claim.current() {
+                Some(auth) => {
+                    claimed = auth;
+                    Some(&*claimed)
+                }
+                None => {
+                    self.metrics.unauthorized.inc();
+                    return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "503 this backend is not claimed yet\n"));
+                }
+            },
+        };
+        if let Some(auth) = auth {
             let (parts, body) = req.into_parts();
             let mut parts = parts;
             match auth.check(&mut parts.uri, &mut parts.headers) {
