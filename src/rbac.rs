@@ -33,15 +33,17 @@ const fn cluster(group: &'static str, resource: &'static str, verbs: &'static [&
 pub const CONTROLLER: &[Permission] = &[
     cluster("spawner.dev", "sessionlivedbackends", &["list", "watch", "delete"]),
     cluster("spawner.dev", "sessionlivedbackends/status", &["patch"]),
-    cluster("spawner.dev", "sessionlivedbackendpools", &["list", "watch"]),
+    cluster("spawner.dev", "sessionlivedbackendpools", &["get", "list", "watch"]),
     cluster("spawner.dev", "sessionlivedbackendpools/status", &["patch"]),
     // Pods and Services are read from the watch caches; `get` is the fallback before they fill.
     // A backend's children are deleted by owner-reference garbage collection; `delete` is for
     // the warm pods a pool replaces.
     cluster("", "pods", &["get", "list", "watch", "create", "patch", "delete"]),
     cluster("", "services", &["get", "list", "watch", "create", "patch"]),
-    // A token Secret is created once and never changed: the controller cannot read any Secret.
-    cluster("", "secrets", &["create"]),
+    // Token Secrets are written, never read: the controller cannot read any Secret. `patch`
+    // writes the token of a backend that claimed a warm pod (again, if a hand-over was
+    // interrupted).
+    cluster("", "secrets", &["create", "patch"]),
     cluster("events.k8s.io", "events", &["create", "patch"]),
     // Each namespace's NetworkPolicies, by server-side apply (an apply that creates the object
     // is authorized as `create` too).

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use spawner::controllers::claim_key::ClaimKeys;
 use spawner::controllers::{self, Config, Options, context, pod::SidecarConfig};
 use spawner::process::{LogFilter, LogFormat, cancel_on_stop_signal, init_logging};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,11 @@ struct Cli {
     /// Name of the leader election Lease.
     #[arg(long, env = "SPAWNER_LEASE_NAME", default_value = spawner::names::CONTROLLER)]
     lease_name: String,
+
+    /// File holding the key warm pods' claim keys are derived from (at least 16 bytes). Without
+    /// it, a random key per process: warm pods are then replaced when the controller restarts.
+    #[arg(long, env = "SPAWNER_CLAIM_KEY_FILE")]
+    claim_key_file: Option<std::path::PathBuf>,
 
     /// Run without leader election (a single replica, e.g. in tests).
     #[arg(long, env = "SPAWNER_NO_LEADER_ELECTION")]
@@ -101,11 +107,22 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let claim_keys = match &cli.claim_key_file {
+        None => ClaimKeys::default(),
+        Some(path) => match ClaimKeys::from_file(path) {
+            Ok(keys) => keys,
+            Err(e) => {
+                error!(error = %e, path = %path.display(), "failed to read the claim key");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let options = Options {
         config: Config {
             base_url: cli.base_url,
             sidecar: SidecarConfig { image: cli.sidecar_image },
             failed_retention: cli.failed_retention,
+            claim_keys,
         },
         namespace: cli.namespace,
         metrics_addr: cli.metrics_addr,

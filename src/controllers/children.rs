@@ -53,7 +53,7 @@ impl Caches {
         self.0.insert(TypeId::of::<C>(), Box::new(store));
     }
 
-    fn get<C: Child>(&self) -> Option<&Store<C>> {
+    pub(crate) fn get<C: Child>(&self) -> Option<&Store<C>> {
         self.0.get(&TypeId::of::<C>()).and_then(|s| s.downcast_ref())
     }
 }

@@ -7,10 +7,13 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 
 use crate::controllers::children::Caches;
+use crate::controllers::claim_key::ClaimKeys;
 use crate::controllers::metrics::Metrics;
 use crate::controllers::pod::SidecarConfig;
+use crate::crd::SessionLivedBackendPool;
 
 /// Default base of the URLs in `status.url` (the local cluster's NodePort).
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:30080";
@@ -25,6 +28,8 @@ pub struct Config {
     pub sidecar: SidecarConfig,
     /// How long a Failed backend is kept before it is deleted.
     pub failed_retention: Duration,
+    /// What warm pods' claim keys are derived from.
+    pub claim_keys: ClaimKeys,
 }
 
 impl Default for Config {
@@ -33,6 +38,7 @@ impl Default for Config {
             base_url: DEFAULT_BASE_URL.to_string(),
             sidecar: SidecarConfig::default(),
             failed_retention: DEFAULT_FAILED_RETENTION,
+            claim_keys: ClaimKeys::default(),
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Caches of the watched children. Empty in unit tests: reads go to the API server.
     pub caches: Caches,
+    /// The pools, as the pools' controller sees them. `None` in unit tests.
+    pub pools: Option<Store<SessionLivedBackendPool>>,
     /// Namespaces whose NetworkPolicies this process has applied.
     pub isolated_namespaces: Mutex<HashSet<String>>,
 }
@@ -67,8 +75,15 @@ impl Context {
             clock: Arc::new(Timestamp::now),
             failures: Mutex::default(),
             caches: Caches::default(),
+            pools: None,
             isolated_namespaces: Mutex::default(),
         }
+    }
+
+    /// Same context reading pools from this cache first.
+    pub fn with_pools(mut self, pools: Store<SessionLivedBackendPool>) -> Self {
+        self.pools = Some(pools);
+        self
     }
 
     /// Same context reading children from these caches first.

@@ -15,6 +15,8 @@
 //! (`PodLost`).
 
 pub mod children;
+pub mod claim;
+pub mod claim_key;
 pub mod context;
 pub mod http;
 pub mod leader;
@@ -40,8 +42,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -63,6 +66,8 @@ pub enum Error {
     },
     #[error("backend {0} has no namespace")]
     NotNamespaced(String),
+    #[error("failed to hand backend {backend} its claimed pod {pod}: {message}")]
+    Claim { backend: String, pod: String, message: String },
 }
 
 impl Error {
@@ -79,6 +84,7 @@ impl Error {
             Error::Api { action: "delete", .. } => "delete",
             Error::Api { .. } => "status",
             Error::NotNamespaced(_) => "not_namespaced",
+            Error::Claim { .. } => "claim",
         }
     }
 }
@@ -180,13 +186,15 @@ async fn lead_and_reconcile(
     let namespace = options.namespace.as_deref();
     let mut caches = children::Caches::default();
     let backend_controller = backend_controller(&client, namespace, &mut caches);
+    let pool_controller = pool_controller(&client, namespace);
     health.set_store(backend_controller.store());
     let ctx = Context::new(client.clone(), options.config.clone(), metrics.clone(), Some(options.identity.clone()))
-        .with_caches(caches);
+        .with_caches(caches)
+        .with_pools(pool_controller.store());
     let ctx = Arc::new(ctx);
     futures::join!(
         drive(backend_controller, reconcile::reconcile, reconcile::error_policy, ctx.clone(), &done),
-        drive(pool_controller(&client, namespace), pool::reconcile, pool::error_policy, ctx, &done),
+        drive(pool_controller, pool::reconcile, pool::error_policy, ctx, &done),
     );
     done.cancel();
     info!("controller stopped");
@@ -220,14 +228,22 @@ fn backend_controller(
     children::owns::<Service>(controller, client, namespace, caches)
 }
 
-/// The pools' controller: triggered by pools and by changes to their warm pods (it lists those
-/// from the API server, so it keeps no cache of its own).
+/// The pools' controller: triggered by pools and by changes to the pods labelled with a pool —
+/// by label, not owner, so that a claim (which hands the pod to its backend) triggers the
+/// refill. It lists the pods from the API server, so it keeps no cache of its own.
 fn pool_controller(client: &Client, namespace: Option<&str>) -> Controller<SessionLivedBackendPool> {
     let (pools, pods) = match namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::<Pod>::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    Controller::new(pools, watcher::Config::default()).owns(pods, watcher::Config::default().labels(pool::POOL_LABEL))
+    Controller::new(pools, watcher::Config::default()).watches(
+        pods,
+        watcher::Config::default().labels(pool::POOL_LABEL),
+        |pod| {
+            let pool = pod.labels().get(pool::POOL_LABEL)?;
+            Some(ObjectRef::new(pool).within(&pod.namespace()?))
+        },
+    )
 }
 
 /// Runs one controller until `done`, then lets the reconciliations in flight finish.

@@ -78,7 +78,11 @@ pub fn build(namespace: &str) -> Vec<NetworkPolicy> {
                         "from": [spawner_pods(names::PROXY)],
                         "ports": [tcp(names::SIDECAR_PROXY_PORT.into()), tcp(names::APP_PORT_NAME.into())],
                     },
-                    {"from": [spawner_pods(names::SWEEPER)], "ports": [tcp(names::SIDECAR_ADMIN_PORT.into())]},
+                    // The sweeper follows the event stream; the controller claims warm pods.
+                    {
+                        "from": [spawner_pods(names::SWEEPER), spawner_pods(names::CONTROLLER)],
+                        "ports": [tcp(names::SIDECAR_ADMIN_PORT.into())],
+                    },
                 ],
             }),
         ),

@@ -29,6 +29,8 @@ impl Child for Pod {
 
 /// Directory the token Secret is mounted at in the sidecar.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/spawner/token";
+/// The sidecar's variable naming its token file.
+const TOKEN_FILE_ENV: &str = "SPAWNER_TOKEN_FILE";
 /// Name of the pod volume holding the token Secret.
 const TOKEN_VOLUME: &str = "spawner-token";
 /// Non-root uid of the sidecar (distroless "nonroot").
@@ -133,14 +135,23 @@ fn name_app_port(app: &mut Container, http_port: i32) {
     }
 }
 
+/// Has the sidecar of `pod` (a pool's warm pod) wait for its claim: it reads the claim key from
+/// the mounted Secret instead of a token.
+pub fn expect_claim(pod: &mut Pod) {
+    let containers = pod.spec.iter_mut().flat_map(|s| s.containers.iter_mut());
+    for sidecar in containers.filter(|c| c.name == names::SIDECAR_CONTAINER) {
+        for var in sidecar.env.iter_mut().flatten().filter(|v| v.name == TOKEN_FILE_ENV) {
+            var.name = "SPAWNER_CLAIM_KEY_FILE".into();
+            var.value = Some(format!("{TOKEN_MOUNT_PATH}/{}", crate::controllers::secret::CLAIM_KEY));
+        }
+    }
+}
+
 fn sidecar_container(app_port: i32, token: bool, config: &SidecarConfig) -> Container {
     let mut env = vec![env_var("SPAWNER_APP_PORT", app_port.to_string())];
     let mut volume_mounts = None;
     if token {
-        env.push(env_var(
-            "SPAWNER_TOKEN_FILE",
-            format!("{TOKEN_MOUNT_PATH}/{}", crate::controllers::secret::TOKEN_KEY),
-        ));
+        env.push(env_var(TOKEN_FILE_ENV, format!("{TOKEN_MOUNT_PATH}/{}", crate::controllers::secret::TOKEN_KEY)));
         volume_mounts = Some(vec![VolumeMount {
             name: TOKEN_VOLUME.to_string(),
             mount_path: TOKEN_MOUNT_PATH.to_string(),

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -22,8 +23,8 @@ use rand::Rng;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::controllers::context::Config;
 use crate::controllers::context::Context;
-use crate::controllers::pod::SidecarConfig;
 use crate::controllers::{Error, network_policy, pod, secret};
 use crate::crd::{
     AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolStatus,
@@ -57,7 +58,7 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={}", pool.name_any())))
         .await
         .map_err(|e| Error::api("list", "Pod", &id, e))?;
-    let hash = template_hash(&pool, &ctx.config.sidecar);
+    let hash = template_hash(&pool, &ctx.config);
     let plan = plan(&pool, listed.items, &hash);
 
     for pod in plan.delete.iter() {
@@ -149,27 +150,29 @@ fn count<'a>(pods: impl Iterator<Item = &'a Pod>) -> i32 {
     i32::try_from(pods.count()).unwrap_or(i32::MAX)
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A hash of everything a warm pod is made from: the pool's pod-shaping fields and the sidecar
-/// image (so a controller upgrade also replaces the warm pods). FNV-1a: stable across builds
-/// and Rust versions, unlike std's `DefaultHasher`.
-pub fn template_hash(pool: &SessionLivedBackendPool, sidecar: &SidecarConfig) -> String {
+/// A hash of everything a warm pod is made from: the pool's pod-shaping fields, the sidecar
+/// image (so a controller upgrade also replaces the warm pods) and the id of the key its claim
+/// key is derived from (a pod this controller cannot claim is stale). FNV-1a: stable across
+/// builds and Rust versions, unlike std's `DefaultHasher`.
+pub fn template_hash(pool: &SessionLivedBackendPool, config: &Config) -> String {
     let spec = serde_json::to_vec(&pool.spec.backend_spec()).expect("a spec serializes");
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in spec.iter().chain(b"\0").chain(sidecar.image.as_bytes()) {
+    let made_by = [config.sidecar.image.as_bytes(), config.claim_keys.id().as_bytes()];
+    for byte in spec.iter().chain(b"\0").chain(made_by.join(&b'\0').iter()) {
         hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{hash:016x}")
 }
 
 /// The warm pod (and its token Secret, with token auth) named `name`.
-fn warm_pod(pool: &SessionLivedBackendPool, sidecar: &SidecarConfig, name: &str, hash: &str) -> (Pod, Option<Secret>) {
+fn warm_pod(pool: &SessionLivedBackendPool, config: &Config, name: &str, hash: &str) -> (Pod, Option<Secret>) {
     // Built as the pod of a backend named like the pod, then relabelled and re-owned: the pod
     // is exactly what a cold backend of the same spec would get.
     let stand_in = SessionLivedBackend {
@@ -181,15 +184,21 @@ fn warm_pod(pool: &SessionLivedBackendPool, sidecar: &SidecarConfig, name: &str,
         spec: pool.spec.backend_spec(),
         status: None,
     };
-    let mut pod = pod::build_pod(&stand_in, sidecar);
+    let mut pod = pod::build_pod(&stand_in, &config.sidecar);
     let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
     labels.remove(names::BACKEND_LABEL);
     labels.insert(POOL_LABEL.to_string(), pool.name_any());
     labels.insert(TEMPLATE_LABEL.to_string(), hash.to_string());
     pod.metadata.owner_references =
         pool.controller_owner_ref(&()).map(|r| vec![OwnerReference { block_owner_deletion: Some(true), ..r }]);
+    // With token auth the sidecar waits for its claim instead of reading a token: it gets the
+    // pod's claim key in the token's place.
     let token = pool.spec.sidecar.inject && pool.spec.auth.mode == AuthMode::Token;
-    let secret = token.then(|| secret::build_secret(&stand_in)).map(|mut secret| {
+    let secret = token.then(|| {
+        pod::expect_claim(&mut pod);
+        let claim_key = config.claim_keys.for_pod(&pool.namespace().unwrap_or_default(), name);
+        let mut secret = secret::build_secret(&stand_in);
+        secret.data = Some(BTreeMap::from([(secret::CLAIM_KEY.to_string(), ByteString(claim_key.into_bytes()))]));
         secret.metadata.labels = Some(BTreeMap::from([
             (names::MANAGED_BY_LABEL.to_string(), names::MANAGED_BY_VALUE.to_string()),
             (POOL_LABEL.to_string(), pool.name_any()),
@@ -205,7 +214,7 @@ fn warm_pod(pool: &SessionLivedBackendPool, sidecar: &SidecarConfig, name: &str,
 async fn create_warm_pod(ctx: &Context, pool: &SessionLivedBackendPool, hash: &str, id: &str) -> Result<(), Error> {
     let namespace = pool.namespace().unwrap_or_default();
     let name = format!("{}-{}", pool.name_any(), suffix());
-    let (pod, secret) = warm_pod(pool, &ctx.config.sidecar, &name, hash);
+    let (pod, secret) = warm_pod(pool, &ctx.config, &name, hash);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     let created = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .create(&params, &pod)
@@ -382,7 +391,8 @@ mod tests {
 
     #[test]
     fn a_warm_pod_is_the_backend_pod_owned_by_the_pool_without_a_backend_label() {
-        let (pod, secret) = warm_pod(&pool(1), &SidecarConfig::default(), "lobby-x2b4c", "h1");
+        let config = Config::default();
+        let (pod, secret) = warm_pod(&pool(1), &config, "lobby-x2b4c", "h1");
         let labels = pod.labels();
         assert_eq!(labels.get(POOL_LABEL).map(String::as_str), Some("lobby"));
         assert_eq!(labels.get(TEMPLATE_LABEL).map(String::as_str), Some("h1"));
@@ -398,18 +408,27 @@ mod tests {
         assert_eq!(volume.secret_name.as_deref(), Some("lobby-x2b4c"));
         let secret = secret.expect("token auth: a Secret per warm pod");
         assert_eq!(secret.metadata.name.as_deref(), Some("lobby-x2b4c"));
-        assert_eq!(secret.data.unwrap()[secret::TOKEN_KEY].0.len(), 43);
+        // No token yet: the claim key, which only this controller can derive.
+        let data = secret.data.unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [secret::CLAIM_KEY]);
+        assert_eq!(data[secret::CLAIM_KEY].0, config.claim_keys.for_pod("games", "lobby-x2b4c").into_bytes());
+        let sidecar = spec.containers.iter().find(|c| c.name == names::SIDECAR_CONTAINER).unwrap();
+        let env: Vec<&str> = sidecar.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(env.contains(&"SPAWNER_CLAIM_KEY_FILE") && !env.contains(&"SPAWNER_TOKEN_FILE"), "{env:?}");
     }
 
     #[test]
-    fn the_template_hash_changes_with_the_template_and_the_sidecar_image_only() {
-        let mut sidecar = SidecarConfig::default();
-        let base = template_hash(&pool(1), &sidecar);
-        assert_eq!(base, template_hash(&pool(5), &sidecar), "the size is not part of the template");
+    fn the_template_hash_changes_with_the_template_the_sidecar_image_and_the_controller_key_only() {
+        let mut config = Config::default();
+        let base = template_hash(&pool(1), &config);
+        assert_eq!(base, template_hash(&pool(5), &config), "the size is not part of the template");
         let mut other = pool(1);
         other.spec.template.containers[0].image = Some("app:2".into());
-        assert_ne!(base, template_hash(&other, &sidecar));
-        sidecar.image = "sidecar:2".into();
-        assert_ne!(base, template_hash(&pool(1), &sidecar));
+        assert_ne!(base, template_hash(&other, &config));
+        config.sidecar.image = "sidecar:2".into();
+        let other_image = template_hash(&pool(1), &config);
+        assert_ne!(base, other_image);
+        config.claim_keys = Default::default();
+        assert_ne!(other_image, template_hash(&pool(1), &config), "another controller key");
     }
 }

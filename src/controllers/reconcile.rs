@@ -8,19 +8,23 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::controllers::children::{self, Found};
+use crate::controllers::claim;
 use crate::controllers::context::Context;
 use crate::controllers::status::{PodView, derive_status, reason};
 use crate::controllers::{Error, lifetime, network_policy};
-use crate::crd::{FIELD_MANAGER, Phase, SessionLivedBackend};
+use crate::crd::{FIELD_MANAGER, Phase, SessionLivedBackend, SessionLivedBackendPool};
 
 /// How soon to look again while an old child of the same name (from a deleted backend) is
 /// being garbage-collected.
 const FOREIGN_CHILD_RETRY: Duration = Duration::from_secs(1);
+/// How soon to look again for a backend's pool that does not exist.
+const POOL_RETRY: Duration = Duration::from_secs(2);
 
 /// Brings the cluster in line with one backend. Idempotent: every step reads what exists and
 /// only writes what is missing or changed, so a restarted controller picks up where it stopped.
@@ -49,20 +53,52 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
         network_policy::ensure(&ctx, &namespace, &id).await?;
     }
 
+    // A backend of a pool: its pod is made from the pool's spec, claimed warm when one is left.
+    let pool = match &backend.spec.pool_ref {
+        Some(pool_ref) => match find_pool(&ctx, &namespace, &pool_ref.name, &id).await? {
+            Some(pool) => Some(pool),
+            None if over || had_pod(&backend) => None,
+            None => return wait_for_pool(&ctx, &backend, &namespace, &pool_ref.name, &id).await,
+        },
+        None => None,
+    };
+    let shaped = pool.as_ref().map(|pool| claim::effective(&backend, pool));
+    let shaped = shaped.as_ref().unwrap_or(&backend);
+    if !over && backend.spec.pool_ref.is_some() {
+        match claim::claimed_pod(&ctx, &backend, &namespace).await? {
+            Some(pod) => outcome = PodOutcome::Existing(claim::hand_over(&ctx, shaped, pod, &namespace).await?),
+            None if had_pod(&backend) => {}
+            None => {
+                if let Some(pool) = &pool
+                    && let Some(pod) = claim::take(&ctx, &backend, pool, &namespace).await?
+                {
+                    info!(backend = %id, pod = %pod.name_any(), "claimed a warm pod");
+                    let pod = claim::hand_over(&ctx, shaped, pod, &namespace).await?;
+                    outcome = PodOutcome::Claimed(pod);
+                }
+            }
+        }
+        if matches!(outcome, PodOutcome::Existing(_) | PodOutcome::Claimed(_))
+            && let Found::Missing = children::find::<Service>(&ctx, shaped, &namespace).await?
+        {
+            children::create::<Service>(&ctx, shaped, &namespace).await?;
+        }
+    }
+
     // A backend never reconciled has, in all likelihood, no children yet: create them straight
     // away, saving two reads per backend in a burst. Anything unexpected (an old namesake's pod,
     // a refusal) falls through to the careful path below, which reads first.
-    if !over && backend.status.is_none() {
-        match create_children(&ctx, &backend, &namespace).await {
+    if !over && backend.status.is_none() && matches!(outcome, PodOutcome::Gone) {
+        match create_children(&ctx, shaped, &namespace).await {
             Ok(pod) => outcome = PodOutcome::Created(pod),
             Err(e) => debug!(backend = %id, error = %e, "creating children directly failed; checking what exists"),
         }
     }
 
-    if !over && !matches!(outcome, PodOutcome::Created(_)) {
+    if !over && matches!(outcome, PodOutcome::Gone) {
         let (found_pod, found_service) = futures::try_join!(
-            children::find::<Pod>(&ctx, &backend, &namespace),
-            children::find::<Service>(&ctx, &backend, &namespace),
+            children::find::<Pod>(&ctx, shaped, &namespace),
+            children::find::<Service>(&ctx, shaped, &namespace),
         )?;
         waiting_for_gc = found_pod.is_foreign() || found_service.is_foreign();
 
@@ -70,7 +106,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
             // Service and pod are independent: create them concurrently.
             let service_step = async {
                 match found_service {
-                    Found::Missing => children::create::<Service>(&ctx, &backend, &namespace).await.map(drop),
+                    Found::Missing => children::create::<Service>(&ctx, shaped, &namespace).await.map(drop),
                     _ => Ok(()),
                 }
             };
@@ -78,7 +114,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
                 match found_pod {
                     Found::Mine(found) => Ok(PodOutcome::Existing(found)),
                     _ if had_pod(&backend) => Ok(PodOutcome::Gone),
-                    _ => create_pod(&ctx, &backend, &namespace, &id).await,
+                    _ => create_pod(&ctx, shaped, &namespace, &id).await,
                 }
             };
             outcome = futures::try_join!(service_step, pod_step)?.1;
@@ -86,19 +122,30 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     }
 
     let view = match &outcome {
-        PodOutcome::Existing(pod) | PodOutcome::Created(pod) => PodView::Exists(pod),
+        PodOutcome::Existing(pod) | PodOutcome::Created(pod) | PodOutcome::Claimed(pod) => PodView::Exists(pod),
         PodOutcome::Rejected(message) => PodView::Rejected(message),
         PodOutcome::Gone if !over && !waiting_for_gc && had_pod(&backend) => PodView::Lost,
         PodOutcome::Gone => PodView::NotCreated,
     };
-    let (status, transitions) = derive_status(&backend, view, now, &ctx.config.base_url);
+    let (status, transitions) = derive_status(shaped, view, now, &ctx.config.base_url);
 
     if backend.status.as_ref() != Some(&status) {
         write_status(&ctx, &backend, &namespace, &status, &id).await?;
     }
-    if matches!(outcome, PodOutcome::Created(_)) {
-        let message = format!("created pod {name}");
-        publish(&ctx, &backend, EventType::Normal, reason::POD_CREATED, message).await;
+    match (&outcome, &backend.spec.pool_ref) {
+        (PodOutcome::Created(_), None) => {
+            let message = format!("created pod {name}");
+            publish(&ctx, &backend, EventType::Normal, reason::POD_CREATED, message).await;
+        }
+        (PodOutcome::Created(_), Some(pool)) => {
+            let message = format!("no warm pod left in pool {}: started pod {name} from its template", pool.name);
+            publish(&ctx, &backend, EventType::Normal, reason::COLD_START, message).await;
+        }
+        (PodOutcome::Claimed(pod), Some(pool)) => {
+            let message = format!("took warm pod {} from pool {}", pod.name_any(), pool.name);
+            publish(&ctx, &backend, EventType::Normal, reason::CLAIMED, message).await;
+        }
+        _ => {}
     }
     for t in transitions {
         debug!(backend = %id, reason = t.reason, "transition");
@@ -128,10 +175,49 @@ enum PodOutcome {
     Existing(Pod),
     /// Created just now.
     Created(Pod),
+    /// Taken from the backend's pool just now.
+    Claimed(Pod),
     /// The API server refused it for good: the spec cannot make an acceptable pod.
     Rejected(String),
     /// Not there, and not created (it existed once, or the backend is over).
     Gone,
+}
+
+/// The pool `name`: from the pool controller's cache, or from the API server when the cache
+/// does not have it.
+async fn find_pool(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    id: &str,
+) -> Result<Option<SessionLivedBackendPool>, Error> {
+    if let Some(cached) = ctx.pools.as_ref().and_then(|pools| pools.get(&ObjectRef::new(name).within(namespace))) {
+        return Ok(Some((*cached).clone()));
+    }
+    let api: Api<SessionLivedBackendPool> = Api::namespaced(ctx.client.clone(), namespace);
+    api.get_opt(name).await.map_err(|e| Error::api("get", "SessionLivedBackendPool", id, e))
+}
+
+/// A backend whose pool does not exist (yet): Pending with reason `PoolNotFound`, looked at
+/// again shortly (and whenever the backend changes); its startup timeout runs meanwhile.
+async fn wait_for_pool(
+    ctx: &Context,
+    backend: &SessionLivedBackend,
+    namespace: &str,
+    pool: &str,
+    id: &str,
+) -> Result<Action, Error> {
+    let message = format!("pool {pool} does not exist in namespace {namespace}");
+    let view = PodView::Waiting { reason: reason::POOL_NOT_FOUND, message: &message };
+    let (status, transitions) = derive_status(backend, view, ctx.now(), &ctx.config.base_url);
+    if backend.status.as_ref() != Some(&status) {
+        write_status(ctx, backend, namespace, &status, id).await?;
+    }
+    for t in transitions {
+        publish(ctx, backend, t.type_, t.reason, t.message).await;
+    }
+    ctx.succeeded(id);
+    Ok(Action::requeue(POOL_RETRY))
 }
 
 /// Creates the Service, and the Secret then the pod, concurrently.

@@ -25,6 +25,8 @@ impl Child for Secret {
 
 /// Key of the token in the Secret (the file name in the sidecar's mount).
 pub const TOKEN_KEY: &str = "token";
+/// Key of a warm pod's claim key in its Secret, in the token's place.
+pub const CLAIM_KEY: &str = "claim-key";
 /// Random bytes in a token (256 bits).
 const TOKEN_BYTES: usize = 32;
 
@@ -47,7 +49,7 @@ pub fn new_token() -> String {
     base64url(&bytes)
 }
 
-fn base64url(bytes: &[u8]) -> String {
+pub(crate) fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

@@ -36,6 +36,9 @@ pub mod reason {
     pub const MAX_LIFETIME_REACHED: &str = "MaxLifetimeReached";
     pub const FAILED_RETENTION_EXPIRED: &str = "FailedRetentionExpired";
     pub const TERMINATING: &str = "Terminating";
+    pub const POOL_NOT_FOUND: &str = "PoolNotFound";
+    pub const CLAIMED: &str = "Claimed";
+    pub const COLD_START: &str = "ColdStart";
 }
 
 /// What the controller knows about the backend's pod.
@@ -49,6 +52,8 @@ pub enum PodView<'a> {
     Lost,
     /// The backend's pod.
     Exists(&'a Pod),
+    /// No pod, for a reason the user should see (e.g. its pool does not exist).
+    Waiting { reason: &'static str, message: &'a str },
 }
 
 /// A phase change worth an Event.
@@ -112,7 +117,10 @@ pub fn derive_status(
     } else {
         Phase::Pending
     };
-    let not_ready = not_ready(progress, pod_ref);
+    let not_ready = match pod {
+        PodView::Waiting { reason, message } => Cause { reason: reason.to_string(), message: message.to_string() },
+        _ => not_ready(progress, pod_ref),
+    };
 
     let failure = match pod {
         PodView::Rejected(message) => Some(Failure { reason: reason::INVALID_POD, message: message.to_string() }),
@@ -121,7 +129,7 @@ pub fn derive_status(
             message: "the backend's pod was deleted; a backend's session cannot be restarted".to_string(),
         }),
         PodView::Exists(pod) => pod_failure(pod),
-        PodView::NotCreated => None,
+        PodView::NotCreated | PodView::Waiting { .. } => None,
     }
     .or_else(|| {
         // Say what it was still waiting for: that is what the user has to fix.

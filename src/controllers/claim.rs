@@ -1,0 +1,219 @@
+//! A backend of a pool (`spec.poolRef`) takes one of its warm pods.
+//!
+//! 1. [`take`]: one merge patch, conditional on the pod's resourceVersion, makes the pod the
+//!    backend's (controller owner reference and backend label, so its Service selects it). Two
+//!    backends racing for a pod: one patch wins, the other gets 409 and tries the next pod. The
+//!    pod never goes back: the pool controller only counts pods it controls.
+//! 2. [`hand_over`]: with token auth, the controller draws the backend's token, hands it to the
+//!    pod's sidecar (`POST /claim` on its admin port, with the pod's claim key), writes it to the
+//!    backend's Secret (where clients read it), and marks the pod as handed over. Interrupted
+//!    anywhere, the next reconcile starts the hand-over again with a new token: no client can
+//!    have seen the old one, since the backend is Ready only once the pod is marked.
+//!
+//! A claimed pod is found again by its backend label and owner ([`claimed_pod`]): its name is
+//! the warm pod's, not the backend's.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Resource, ResourceExt};
+use rand::seq::SliceRandom;
+use serde_json::json;
+
+use crate::controllers::children::{self, id};
+use crate::controllers::context::Context;
+use crate::controllers::pool::{self, POOL_LABEL, TEMPLATE_LABEL};
+use crate::controllers::{Error, secret};
+use crate::crd::{AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool};
+use crate::names;
+
+/// Annotation on a claimed pod: the uid of the backend whose token its sidecar holds.
+pub const HANDED_OVER_ANNOTATION: &str = "spawner.dev/handed-over";
+/// How long the sidecar gets to answer a claim.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The backend as its pod is made: the pool's pod-shaping fields, the backend's own lifetime
+/// limits.
+pub fn effective(backend: &SessionLivedBackend, pool: &SessionLivedBackendPool) -> SessionLivedBackend {
+    let mut shaped = backend.clone();
+    let own = &backend.spec;
+    shaped.spec = crate::crd::SessionLivedBackendSpec {
+        startup_timeout_seconds: own.startup_timeout_seconds,
+        max_lifetime_seconds: own.max_lifetime_seconds,
+        pool_ref: own.pool_ref.clone(),
+        ..pool.spec.backend_spec()
+    };
+    shaped
+}
+
+/// The backend's pod among the pods labelled with it: claimed from the pool, or made cold. A
+/// claimed pod that is going away before it was ever handed over served no session and is
+/// ignored (the backend then starts cold).
+pub async fn claimed_pod(ctx: &Context, backend: &SessionLivedBackend, namespace: &str) -> Result<Option<Pod>, Error> {
+    let name = backend.name_any();
+    let mine = |pod: &Pod| {
+        pod.labels().get(names::BACKEND_LABEL) == Some(&name)
+            && pod.namespace().as_deref() == Some(namespace)
+            && children::owned_by(pod, backend)
+            && (pod.metadata.deletion_timestamp.is_none() || handed_over(pod, backend))
+    };
+    if let Some(cache) = ctx.caches.get::<Pod>()
+        && let Some(pod) = cache.state().into_iter().find(|p| mine(p))
+    {
+        return Ok(Some((*pod).clone()));
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = api
+        .list(&ListParams::default().labels(&format!("{}={name}", names::BACKEND_LABEL)))
+        .await
+        .map_err(|e| Error::api("list", "Pod", &id(backend), e))?;
+    Ok(listed.items.into_iter().find(mine))
+}
+
+/// Whether `pod` is a warm pod (made by a pool) rather than the backend's own.
+pub fn is_warm(pod: &Pod) -> bool {
+    pod.labels().contains_key(POOL_LABEL)
+}
+
+fn handed_over(pod: &Pod, backend: &SessionLivedBackend) -> bool {
+    pod.annotations().get(HANDED_OVER_ANNOTATION).map(String::as_str) == backend.metadata.uid.as_deref()
+}
+
+/// Takes a Ready warm pod of the current template from `pool` for `backend`; `None` when the
+/// pool has none left.
+pub async fn take(
+    ctx: &Context,
+    backend: &SessionLivedBackend,
+    pool: &SessionLivedBackendPool,
+    namespace: &str,
+) -> Result<Option<Pod>, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = api
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={}", pool.name_any())))
+        .await
+        .map_err(|e| Error::api("list", "Pod", &id(backend), e))?;
+    let hash = pool::template_hash(pool, &ctx.config);
+    let pool_uid = pool.metadata.uid.as_deref();
+    let mut warm: Vec<Pod> = listed
+        .items
+        .into_iter()
+        .filter(|p| {
+            let controlled =
+                p.owner_references().iter().any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == pool_uid);
+            controlled
+                && p.labels().get(TEMPLATE_LABEL) == Some(&hash)
+                && p.metadata.deletion_timestamp.is_none()
+                && pool::is_ready(p)
+        })
+        .collect();
+    // Concurrent claims spread over the pods instead of all racing for the first.
+    warm.shuffle(&mut rand::rng());
+    let owner = backend.controller_owner_ref(&()).map(|r| OwnerReference { block_owner_deletion: Some(true), ..r });
+    for pod in warm {
+        let patch = json!({"metadata": {
+            "resourceVersion": pod.resource_version(),
+            "labels": {names::BACKEND_LABEL: backend.name_any()},
+            "ownerReferences": [owner],
+        }});
+        match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(claimed) => return Ok(Some(claimed)),
+            // Taken by another backend, or gone: the next one.
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => continue,
+            Err(e) => return Err(Error::api("claim", "Pod", &id(backend), e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Hands the backend's token to its claimed pod's sidecar and to the backend's Secret, then
+/// marks the pod; returns the marked pod. Nothing to do for a pod already marked, a pod made
+/// cold, or a backend without token auth (`shaped` is the backend as its pod is made).
+pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, namespace: &str) -> Result<Pod, Error> {
+    let token_auth = shaped.spec.sidecar.inject && shaped.spec.auth.mode == AuthMode::Token;
+    if !token_auth || !is_warm(&pod) || handed_over(&pod, shaped) {
+        return Ok(pod);
+    }
+    let backend_id = id(shaped);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).ok_or_else(|| Error::Claim {
+        backend: backend_id.clone(),
+        pod: pod.name_any(),
+        message: "the pod has no IP".into(),
+    })?;
+    let token = secret::new_token();
+    let key = ctx.config.claim_keys.for_pod(namespace, &pod.name_any());
+    let uid = shaped.metadata.uid.clone().unwrap_or_default();
+    match push(&ip, &key, &uid, &token).await {
+        Ok(()) => {}
+        Err(Push::Refused(401)) => {
+            // A pod this process cannot claim (made with another controller key): it has
+            // served nobody; delete it so that the backend starts cold.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                ..DeleteParams::background()
+            };
+            let _ = pods.delete(&pod.name_any(), &params).await;
+            return Err(Error::Claim {
+                backend: backend_id,
+                pod: pod.name_any(),
+                message: "its sidecar refused the claim key (made by a controller with another key); deleted it".into(),
+            });
+        }
+        Err(e) => return Err(Error::Claim { backend: backend_id, pod: pod.name_any(), message: e.to_string() }),
+    }
+
+    let mut secret = secret::build_secret(shaped);
+    secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.into_bytes()))]));
+    // Replaced if an interrupted hand-over wrote one before: so not immutable.
+    secret.immutable = None;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    secrets
+        .patch(&shaped.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+        .await
+        .map_err(|e| Error::api("apply", "Secret", &backend_id, e))?;
+
+    let mark = json!({"metadata": {"annotations": {HANDED_OVER_ANNOTATION: uid}}});
+    pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&mark))
+        .await
+        .map_err(|e| Error::api("patch", "Pod", &backend_id, e))
+}
+
+/// Why the sidecar did not take the claim.
+#[derive(Debug, thiserror::Error)]
+enum Push {
+    #[error("the sidecar answered {0}")]
+    Refused(u16),
+    #[error("could not reach the sidecar's admin port: {0}")]
+    Unreachable(String),
+}
+
+/// `POST /claim` to the sidecar's admin port at `ip`.
+async fn push(ip: &str, key: &str, backend_uid: &str, token: &str) -> Result<(), Push> {
+    let addr = format!("{ip}:{}", names::SIDECAR_ADMIN_PORT);
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| Push::Unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| Push::Unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let body = serde_json::to_vec(&json!({"backend": backend_uid, "token": token})).expect("JSON");
+        let request = http::Request::post(crate::sidecar::claim::CLAIM_PATH)
+            .header(http::header::HOST, &addr)
+            .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .expect("a valid request");
+        let response = sender.send_request(request).await.map_err(|e| Push::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let _ = response.into_body().collect().await;
+        if status == 200 { Ok(()) } else { Err(Push::Refused(status)) }
+    };
+    tokio::time::timeout(PUSH_TIMEOUT, attempt)
+        .await
+        .map_err(|_| Push::Unreachable(format!("no answer within {PUSH_TIMEOUT:?}")))?
+}
