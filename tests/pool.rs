@@ -66,7 +66,7 @@ async fn wait_for_pods(env: &TestEnv, pool: &str, what: &str, ok: impl Fn(&[Pod]
 }
 
 #[tokio::test]
-async fn a_pool_fills_to_size_with_warm_pods_of_their_own_and_refills_when_one_goes() {
+async fn a_pool_fills_to_size_with_warm_pods_keyed_apart_and_refills_when_one_goes() {
     let env = TestEnv::new("pool-fill").await;
     prepare(&env).await;
     let _controller = ControllerProcess::start(&env, &[]);
@@ -78,7 +78,7 @@ async fn a_pool_fills_to_size_with_warm_pods_of_their_own_and_refills_when_one_g
     assert!(out.contains("condition met"), "{out}");
     let pods = warm_pods(&env, "lobby").await;
     assert_eq!(pods.len(), 2, "{:?}", names(&pods));
-    let mut tokens = BTreeSet::new();
+    let mut claim_keys = BTreeSet::new();
     for pod in &pods {
         let owner = &pod.owner_references()[0];
         assert_eq!(
@@ -87,12 +87,15 @@ async fn a_pool_fills_to_size_with_warm_pods_of_their_own_and_refills_when_one_g
         );
         assert!(!pod.labels().contains_key("spawner.dev/backend"), "no backend's Service may select a warm pod");
         assert!(pod.name_any().starts_with("lobby-"), "{}", pod.name_any());
-        // Each warm pod has a token of its own, in a Secret that goes with the pod.
-        let secret = env.api::<Secret>().get(&pod.name_any()).await.expect("the warm pod's token Secret");
+        // Each warm pod has a claim key of its own (no token: that comes with the claim), in a
+        // Secret that goes with the pod.
+        let secret = env.api::<Secret>().get(&pod.name_any()).await.expect("the warm pod's Secret");
         assert_eq!(secret.owner_references()[0].uid, pod.uid().unwrap());
-        tokens.insert(secret.data.unwrap()["token"].0.clone());
+        let data = secret.data.unwrap();
+        assert!(!data.contains_key("token"), "{:?}", data.keys());
+        claim_keys.insert(data["claim-key"].0.clone());
     }
-    assert_eq!(tokens.len(), 2, "two warm pods, two tokens");
+    assert_eq!(claim_keys.len(), 2, "two warm pods, two claim keys");
     wait_for_event(&env, "lobby", "WarmPodsCreated", WAIT).await;
     let columns = env.kubectl(&["get", "slabpool", "lobby"]);
     assert!(columns.contains("SIZE") && columns.contains("READY") && columns.contains("STARTING"), "{columns}");
@@ -152,4 +155,157 @@ async fn a_pool_name_too_long_for_its_pods_is_refused_naming_the_field() {
     .unwrap();
     let message = api.create(&PostParams::default(), &negative).await.unwrap_err().to_string();
     assert!(message.contains("spec.size"), "{message}");
+}
+
+/// A backend of `pool` (no template of its own).
+fn pooled_backend(name: &str, pool: &str) -> spawner::crd::SessionLivedBackend {
+    serde_json::from_value(json!({
+        "apiVersion": "spawner.dev/v1",
+        "kind": "SessionLivedBackend",
+        "metadata": {"name": name},
+        "spec": {"poolRef": {"name": pool}},
+    }))
+    .unwrap()
+}
+
+/// GET / on the sidecar's public port of `pod`, with `token` if any; the status code.
+async fn status_through_sidecar(pod: &Pod, token: Option<&str>) -> u16 {
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("a pod IP");
+    let mut request = format!("GET / HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut tcp = tokio::net::TcpStream::connect((ip.as_str(), 9080)).await.expect("connecting to the sidecar");
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut response).await.unwrap();
+    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills() {
+    let env = TestEnv::new("pool-claim").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    pools.create(&PostParams::default(), &pool("room", 2)).await.expect("creating the pool");
+    support::wait_for(&pools, "room", settled_at(2), WAIT).await;
+    let warm = names(&warm_pods(&env, "room").await);
+    // Before a claim a warm pod serves nobody, whatever it is sent.
+    let unclaimed = warm_pods(&env, "room").await.remove(0);
+    assert_eq!(status_through_sidecar(&unclaimed, None).await, 503);
+
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    let backend = backends.create(&PostParams::default(), &pooled_backend("alice", "room")).await.unwrap();
+    let out = env.kubectl(&["wait", "--for=condition=Ready", "slab/alice", "--timeout=60s"]);
+    assert!(out.contains("condition met"), "{out}");
+    wait_for_event(&env, "alice", "Claimed", WAIT).await;
+
+    // Its pod is one of the warm ones, now the backend's alone.
+    let listed = env.api::<Pod>().list(&ListParams::default().labels("spawner.dev/backend=alice")).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "{:?}", names(&listed.items));
+    let pod = &listed.items[0];
+    assert!(warm.contains(&pod.name_any()), "{} is not one of the warm pods {warm:?}", pod.name_any());
+    let owners = pod.owner_references();
+    assert_eq!(owners.len(), 1, "one owner: {owners:?}");
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("SessionLivedBackend", backend.uid().unwrap().as_str())
+    );
+
+    // Its token is in the backend's Secret and opens the pod; nothing else does.
+    let secret = env.api::<Secret>().get("alice").await.expect("the backend's token Secret");
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    assert_eq!(status_through_sidecar(pod, Some(&token)).await, 200);
+    assert_eq!(status_through_sidecar(pod, None).await, 401);
+    assert_eq!(status_through_sidecar(pod, Some("not-the-token")).await, 401);
+
+    // The pool makes up for it, with a new pod.
+    let refilled = wait_for_pods(&env, "room", "the pool refilled", |pods| {
+        let owned_by_pool = pods.iter().filter(|p| p.owner_references()[0].kind == "SessionLivedBackendPool").count();
+        owned_by_pool == 2
+    })
+    .await;
+    assert!(names(&refilled).contains(&pod.name_any()), "the claimed pod keeps its pool label");
+    support::wait_for(&pools, "room", settled_at(2), WAIT).await;
+
+    // Deleting the pool takes its warm pods, not the claimed one.
+    pools.delete("room", &DeleteParams::background()).await.unwrap();
+    let left = wait_for_pods(&env, "room", "only the claimed pod left", |pods| pods.len() == 1).await;
+    assert_eq!(left[0].name_any(), pod.name_any());
+    let backend = backends.get("alice").await.unwrap();
+    assert_eq!(backend.status.unwrap().phase, Some(spawner::crd::Phase::Ready));
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_share_a_pod_and_the_rest_start_cold() {
+    const POOL: i32 = 20;
+    const BACKENDS: usize = 50;
+    let env = TestEnv::new("pool-race").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    pools.create(&PostParams::default(), &pool("race", POOL)).await.expect("creating the pool");
+    support::wait_for(&pools, "race", settled_at(POOL), WAIT).await;
+
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    let names_: Vec<String> = (0..BACKENDS).map(|i| format!("b{i}")).collect();
+    futures::future::try_join_all(names_.iter().map(|n| {
+        let backends = backends.clone();
+        let backend = pooled_backend(n, "race");
+        async move { backends.create(&PostParams::default(), &backend).await }
+    }))
+    .await
+    .expect("creating the backends");
+    for name in &names_ {
+        support::wait_for(&backends, name, has_condition("Ready", "True"), WAIT).await;
+    }
+
+    // One pod per backend, each controlled by its backend alone.
+    let pods = env.api::<Pod>().list(&ListParams::default().labels("spawner.dev/backend")).await.unwrap().items;
+    let mut by_backend = std::collections::BTreeMap::new();
+    for pod in &pods {
+        let controllers: Vec<_> = pod.owner_references().iter().filter(|r| r.controller == Some(true)).collect();
+        assert_eq!(controllers.len(), 1, "{}: {controllers:?}", pod.name_any());
+        let backend = pod.labels()["spawner.dev/backend"].clone();
+        assert!(by_backend.insert(backend.clone(), pod.name_any()).is_none(), "{backend} has two pods");
+    }
+    assert_eq!(by_backend.len(), BACKENDS, "{by_backend:?}");
+    let claimed = by_backend.iter().filter(|(backend, pod)| backend != pod).count();
+    let cold = by_backend.iter().filter(|(backend, pod)| backend == pod).count();
+    assert!(claimed >= POOL as usize, "every warm pod was taken: {claimed} claimed of {POOL}");
+    println!("{claimed} backends took a warm pod, {cold} started cold");
+    assert_eq!(claimed + cold, BACKENDS);
+    for (backend, pod) in &by_backend {
+        let reason = if backend == pod { "ColdStart" } else { "Claimed" };
+        wait_for_event(&env, backend, reason, WAIT).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backend_waits_for_its_pool_and_admission_wants_template_or_pool() {
+    let env = TestEnv::new("pool-wait").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    backends.create(&PostParams::default(), &pooled_backend("early", "later")).await.unwrap();
+    let reason = |b: Option<&spawner::crd::SessionLivedBackend>| {
+        b.and_then(|b| b.status.as_ref()?.reason.clone()).is_some_and(|r| r == "PoolNotFound")
+    };
+    support::wait_for(&backends, "early", reason, WAIT).await;
+    let row = env.kubectl(&["get", "slab", "early"]);
+    assert!(row.contains("PoolNotFound"), "{row}");
+
+    env.api::<SessionLivedBackendPool>().create(&PostParams::default(), &pool("later", 1)).await.unwrap();
+    support::wait_for(&backends, "early", has_condition("Ready", "True"), WAIT).await;
+
+    let mut both = pooled_backend("both", "later");
+    both.spec.template = pool("x", 1).spec.backend_spec().template;
+    let message = backends.create(&PostParams::default(), &both).await.unwrap_err().to_string();
+    assert!(message.contains("exactly one of template") && message.contains("poolRef"), "{message}");
+    let mut neither = pooled_backend("neither", "later");
+    neither.spec.pool_ref = None;
+    let message = backends.create(&PostParams::default(), &neither).await.unwrap_err().to_string();
+    assert!(message.contains("exactly one of template"), "{message}");
 }
