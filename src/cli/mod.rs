@@ -128,8 +128,12 @@ pub enum WaitFor {
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
     /// Container image of the application.
-    #[arg(long)]
-    pub image: String,
+    #[arg(long, required_unless_present = "pool", conflicts_with = "pool")]
+    pub image: Option<String>,
+    /// Take a warm pod of this SessionLivedBackendPool instead (its template, port, auth, egress
+    /// and grace period apply); with none left, start cold from its template.
+    #[arg(long, value_name = "POOL", conflicts_with_all = ["port", "env", "no_auth", "egress", "grace_period"])]
+    pub pool: Option<String>,
     /// Port the application listens on (it gets it as PORT).
     #[arg(long, default_value_t = crate::crd::DEFAULT_HTTP_PORT)]
     pub port: i32,
@@ -156,7 +160,10 @@ pub struct SpecArgs {
 
 impl SpecArgs {
     fn request(&self, naming: Naming) -> BackendRequest {
-        let mut request = BackendRequest::new(naming, self.image.clone());
+        let mut request = match (&self.pool, &self.image) {
+            (Some(pool), _) => BackendRequest::from_pool(naming, pool.clone()),
+            (None, image) => BackendRequest::new(naming, image.clone().unwrap_or_default()),
+        };
         request.http_port = self.port;
         request.grace_period_seconds = self.grace_period;
         request.startup_timeout_seconds = self.startup_timeout;
@@ -175,7 +182,8 @@ pub struct CreateArgs {
     /// Name of the backend.
     #[arg(long, conflicts_with = "generate_name")]
     pub name: Option<String>,
-    /// Prefix of a generated name [default: the image's name and a dash].
+    /// Prefix of a generated name [default: the image's name and a dash; with --pool, the
+    /// pool's name and "-session-"].
     #[arg(long, value_name = "PREFIX")]
     pub generate_name: Option<String>,
     /// Wait until the backend is Ready and print its URL.
@@ -271,7 +279,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             let naming = match (args.name, args.generate_name) {
                 (Some(name), _) => Naming::Name(names::check_name(&name, 0)?),
                 (None, Some(prefix)) => Naming::GenerateName(names::check_name(&prefix, 5)?),
-                (None, None) => Naming::GenerateName(names::generate_name_for_image(&args.spec.image)),
+                (None, None) => Naming::GenerateName(match (&args.spec.pool, &args.spec.image) {
+                    (Some(pool), _) => names::generate_name_for_pool(pool),
+                    (None, image) => names::generate_name_for_image(image.as_deref().unwrap_or_default()),
+                }),
             };
             let scope = scope(&cli.global).await?;
             let created = scope.create(&args.spec.request(naming)).await?;
@@ -422,5 +433,24 @@ mod tests {
         let Command::Create(create) = cli.command else { panic!() };
         assert_eq!(create.spec.env.len(), 2);
         assert!(create.wait);
+    }
+
+    #[test]
+    fn a_pool_replaces_the_image_and_the_pod_shaping_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["spawner"].iter().chain(args));
+        let cli = parse(&["create", "--pool", "room", "--wait", "--max-lifetime", "60"]).unwrap();
+        let Command::Create(create) = cli.command else { panic!() };
+        let backend = create.spec.request(Naming::Name("b".into())).to_backend();
+        assert_eq!(backend.spec.pool_ref.map(|r| r.name).as_deref(), Some("room"));
+        assert!(backend.spec.template.is_none());
+        assert_eq!(backend.spec.max_lifetime_seconds, Some(60), "the lifetime stays the backend's");
+        for shaping in
+            [&["--image", "i"][..], &["--port", "1"], &["--env", "A=1"], &["--no-auth"], &["--egress", "None"]]
+        {
+            let args: Vec<&str> = ["create", "--pool", "room"].iter().chain(shaping).copied().collect();
+            assert!(parse(&args).is_err(), "{args:?} should be refused");
+        }
+        assert!(parse(&["connect", "k", "--pool", "room"]).is_ok());
+        assert_eq!(names::generate_name_for_pool("room"), "room-session-");
     }
 }

@@ -86,14 +86,20 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
         lines.push(("Reason", reason));
         lines.push(("Message", status.message.unwrap_or_default()));
     }
+    lines.push(("URL", status.url.unwrap_or_else(|| "<none>".into())));
+    match &backend.spec.pool_ref {
+        // The pod-shaping fields are the pool's: `kubectl get slabpool NAME -o yaml` has them.
+        Some(pool) => lines.push(("Pool", pool.name.clone())),
+        None => lines.extend([
+            ("Image", container.and_then(|c| c.image.clone()).unwrap_or_else(|| "<none>".into())),
+            ("HTTP port", backend.spec.http_port.to_string()),
+            ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
+            ("Auth", format!("{:?}", backend.spec.auth.mode)),
+            ("Egress", backend.spec.egress.as_str().to_string()),
+        ]),
+    }
     lines.extend([
-        ("URL", status.url.unwrap_or_else(|| "<none>".into())),
-        ("Image", container.and_then(|c| c.image.clone()).unwrap_or_else(|| "<none>".into())),
-        ("HTTP port", backend.spec.http_port.to_string()),
-        ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
         ("Startup timeout", format!("{}s", backend.spec.effective_startup_timeout_seconds())),
-        ("Auth", format!("{:?}", backend.spec.auth.mode)),
-        ("Egress", backend.spec.egress.as_str().to_string()),
         ("Node", status.node_name.unwrap_or_else(|| "<none>".into())),
         ("Pod IP", status.pod_ip.unwrap_or_else(|| "<none>".into())),
         ("Age", age(backend, now)),

@@ -70,6 +70,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The part of an image reference that names it, for default generated names:
 /// `localhost/spawner/demo-drop-four:0.1.0` → `demo-drop-four-`.
+/// `<pool>-session-`: never the shape of the pool's own warm pods (`<pool>-<5 characters>`),
+/// so a backend that starts cold (its pod named after it) cannot collide with one.
+pub fn generate_name_for_pool(pool: &str) -> String {
+    format!("{pool}-session-")
+}
+
 pub fn generate_name_for_image(image: &str) -> String {
     let without_digest = image.split('@').next().unwrap_or(image);
     let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
