@@ -9,20 +9,31 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use spawner::client::{BackendRequest, Backends, Naming};
 use xshell::{Shell, cmd};
 
-/// Creates a drop-four backend through Spawner's client library (as `spawner create --wait`
-/// does), waits until it is Ready and its page is served through the reverse proxy, and returns
-/// its URL (with the token).
+/// Applies the demo's pool (`config/samples/pool.yaml`), waits until its warm pods are Ready,
+/// then takes one through Spawner's client library (as `spawner create --pool drop-four --wait`
+/// does), waits until the backend is Ready and its page is served through the reverse proxy,
+/// and returns its URL (with the token).
 pub fn create(kubeconfig: &Path) -> Result<String> {
-    let image = spawner::names::image("demo-drop-four");
-    println!("==> demo backend from {image}");
+    let pool = crate::manifests::DEMO_POOL;
+    println!("==> demo pool {pool} (config/samples/pool.yaml), and a backend from it");
+    crate::deploy::kubectl(&kubeconfig.to_path_buf(), &["apply", "-n", "default", "-f", "config/samples/pool.yaml"])?;
+    let started = Instant::now();
+    let slabpool = format!("slabpool/{pool}");
+    crate::deploy::kubectl(
+        &kubeconfig.to_path_buf(),
+        &["wait", "-n", "default", "--for=condition=Ready", &slabpool, "--timeout=180s"],
+    )?;
+    println!("    warm pods Ready after {:.1?}", started.elapsed());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let url = runtime.block_on(async {
         let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         let backends = Backends::new(kube::Client::try_from(config)?, "default");
-        let request = BackendRequest::new(Naming::GenerateName("drop-four-".into()), image);
-        let created = backends.create(&request).await?;
+        let naming = Naming::GenerateName(spawner::client::names::generate_name_for_pool(pool));
+        let created = backends.create(&BackendRequest::from_pool(naming, pool)).await?;
+        let started = Instant::now();
         let ready = backends.wait_ready(&created.name_any(), Duration::from_secs(180)).await?;
+        println!("    {} Ready {:.1?} after its creation was answered", ready.name_any(), started.elapsed());
         anyhow::Ok(backends.access_url(&ready).await?)
     })?;
     wait_until_served(&url)?;

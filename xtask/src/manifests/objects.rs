@@ -102,5 +102,6 @@ pub fn render(tree: &mut Tree) {
     );
 
     tree.yaml("config/samples/drop-four.yaml", &[workloads::sample_backend()]);
+    tree.yaml("config/samples/pool.yaml", &[workloads::sample_pool()]);
     tree.yaml("config/samples/kustomization.yaml", &[kustomization(&["drop-four.yaml"], json!({}))]);
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use spawner::crd::{SessionLivedBackend, SessionLivedBackendSpec};
+use spawner::crd::{SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolSpec, SessionLivedBackendSpec};
 use spawner::names::{self, SYSTEM_NAMESPACE};
 use spawner::proxy_config;
 
@@ -182,6 +182,21 @@ pub fn sample_backend() -> Object {
     let mut backend = SessionLivedBackend::new("", spec);
     backend.metadata = ObjectMeta { generate_name: Some("drop-four-".into()), ..Default::default() };
     Object::new(backend)
+}
+
+/// Name of the demo's pool (`config/samples/pool.yaml`), which `cargo xtask deploy` creates.
+pub const DEMO_POOL: &str = "drop-four";
+
+/// A pool of warm drop-four pods: `kubectl apply -f config/samples/pool.yaml`, then
+/// `spawner create --pool drop-four --wait`.
+pub fn sample_pool() -> Object {
+    let spec: SessionLivedBackendPoolSpec = serde_json::from_value(serde_json::json!({
+        "size": 2,
+        "gracePeriodSeconds": 300,
+        "template": {"containers": [{"name": "application", "image": names::image("demo-drop-four")}]},
+    }))
+    .expect("sample pool spec deserializes");
+    Object::new(SessionLivedBackendPool::new(DEMO_POOL, spec))
 }
 
 fn pod_template(name: &str, spec: PodSpec) -> PodTemplateSpec {
