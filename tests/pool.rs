@@ -187,7 +187,7 @@ async fn status_through_sidecar(pod: &Pod, token: Option<&str>) -> u16 {
 async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills() {
     let env = TestEnv::new("pool-claim").await;
     prepare(&env).await;
-    let _controller = ControllerProcess::start(&env, &[]);
+    let controller = ControllerProcess::start(&env, &[]);
     let pools = env.api::<SessionLivedBackendPool>();
     pools.create(&PostParams::default(), &pool("room", 2)).await.expect("creating the pool");
     support::wait_for(&pools, "room", settled_at(2), WAIT).await;
@@ -229,6 +229,10 @@ async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills
     .await;
     assert!(names(&refilled).contains(&pod.name_any()), "the claimed pod keeps its pool label");
     support::wait_for(&pools, "room", settled_at(2), WAIT).await;
+    let (_, metrics) = controller.get("/metrics").expect("the controller serves /metrics");
+    assert!(metrics.contains("spawner_controller_claim_duration_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("spawner_controller_warm_pods{state=\"ready\"} 2"), "{metrics}");
+    assert!(metrics.contains("spawner_controller_pool_empty_total 0"), "{metrics}");
 
     // Deleting the pool takes its warm pods, not the claimed one.
     pools.delete("room", &DeleteParams::background()).await.unwrap();

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin_http::{self, Reply, text};
 use crate::controllers::metrics::Metrics;
-use crate::crd::SessionLivedBackend;
+use crate::crd::{SessionLivedBackend, SessionLivedBackendPool};
 
 /// What the health endpoints report.
 #[derive(Default)]
@@ -20,6 +20,8 @@ pub struct Health {
     ready: AtomicBool,
     /// The controller's cache of backends, once this replica leads (for the per-phase gauge).
     store: Mutex<Option<Store<SessionLivedBackend>>>,
+    /// The pools' cache (for the warm-pod gauges).
+    pools: Mutex<Option<Store<SessionLivedBackendPool>>>,
 }
 
 impl Health {
@@ -33,6 +35,17 @@ impl Health {
 
     pub fn set_store(&self, store: Store<SessionLivedBackend>) {
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    pub fn set_pools(&self, pools: Store<SessionLivedBackendPool>) {
+        *self.pools.lock().unwrap_or_else(|e| e.into_inner()) = Some(pools);
+    }
+
+    /// Warm pods Ready and starting, over every pool.
+    fn warm_pods(&self) -> Option<(i64, i64)> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let statuses: Vec<_> = pools.state().iter().filter_map(|p| p.status.clone()).collect();
+        Some(statuses.iter().fold((0, 0), |(r, s), st| (r + i64::from(st.ready), s + i64::from(st.starting))))
     }
 
     fn phases(&self) -> Option<Vec<Option<crate::crd::Phase>>> {
@@ -63,6 +76,9 @@ fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health, metric
         "/metrics" => {
             if let Some(phases) = health.phases() {
                 metrics.set_backends(phases);
+            }
+            if let Some((ready, starting)) = health.warm_pods() {
+                metrics.set_warm_pods(ready, starting);
             }
             admin_http::openmetrics(registry)
         }

@@ -188,6 +188,7 @@ async fn lead_and_reconcile(
     let backend_controller = backend_controller(&client, namespace, &mut caches);
     let pool_controller = pool_controller(&client, namespace);
     health.set_store(backend_controller.store());
+    health.set_pools(pool_controller.store());
     let ctx = Context::new(client.clone(), options.config.clone(), metrics.clone(), Some(options.identity.clone()))
         .with_caches(caches)
         .with_pools(pool_controller.store());

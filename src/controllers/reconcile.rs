@@ -69,11 +69,13 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
             Some(pod) => outcome = PodOutcome::Existing(claim::hand_over(&ctx, shaped, pod, &namespace).await?),
             None if had_pod(&backend) => {}
             None => {
+                let started = std::time::Instant::now();
                 if let Some(pool) = &pool
                     && let Some(pod) = claim::take(&ctx, &backend, pool, &namespace).await?
                 {
                     info!(backend = %id, pod = %pod.name_any(), "claimed a warm pod");
                     let pod = claim::hand_over(&ctx, shaped, pod, &namespace).await?;
+                    ctx.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
                     outcome = PodOutcome::Claimed(pod);
                 }
             }
@@ -138,6 +140,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
             publish(&ctx, &backend, EventType::Normal, reason::POD_CREATED, message).await;
         }
         (PodOutcome::Created(_), Some(pool)) => {
+            ctx.metrics.pool_empty.inc();
             let message = format!("no warm pod left in pool {}: started pod {name} from its template", pool.name);
             publish(&ctx, &backend, EventType::Normal, reason::COLD_START, message).await;
         }

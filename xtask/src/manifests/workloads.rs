@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use spawner::crd::{SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolSpec, SessionLivedBackendSpec};
+use spawner::crd::{
+    SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolSpec, SessionLivedBackendSpec,
+};
 use spawner::names::{self, SYSTEM_NAMESPACE};
 use spawner::proxy_config;
 
