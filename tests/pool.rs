@@ -313,3 +313,79 @@ async fn a_backend_waits_for_its_pool_and_admission_wants_template_or_pool() {
     let message = backends.create(&PostParams::default(), &neither).await.unwrap_err().to_string();
     assert!(message.contains("exactly one of template"), "{message}");
 }
+
+/// A claim key file shared by two controller processes (as a Secret mounted into each replica).
+fn claim_key_file(test: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("spawner-claim-key-{test}-{}", std::process::id()));
+    std::fs::write(&path, b"a-controller-key-of-32-bytes-xyz").unwrap();
+    path
+}
+
+/// What a controller that died right after taking the pod leaves behind: the pod is the
+/// backend's (owner and label), but its sidecar has no token and the backend has no Secret.
+async fn take_without_handing_over(env: &TestEnv, pool: &str, backend: &spawner::crd::SessionLivedBackend) -> String {
+    let pod = warm_pods(env, pool).await.remove(0);
+    let owner = json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "name": backend.name_any(),
+        "uid": backend.uid().unwrap(), "controller": true, "blockOwnerDeletion": true,
+    });
+    let patch = json!({"metadata": {
+        "resourceVersion": pod.resource_version(),
+        "labels": {"spawner.dev/backend": backend.name_any()},
+        "ownerReferences": [owner],
+    }});
+    env.api::<Pod>().patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    pod.name_any()
+}
+
+#[tokio::test]
+async fn a_claim_cut_short_by_a_dead_controller_is_finished_by_the_next_one() {
+    let env = TestEnv::new("pool-resume").await;
+    prepare(&env).await;
+    let key = claim_key_file("resume");
+    let key_arg = format!("--claim-key-file={}", key.display());
+    let mut first = ControllerProcess::start(&env, &[&key_arg]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    pools.create(&PostParams::default(), &pool("resume", 1)).await.unwrap();
+    support::wait_for(&pools, "resume", settled_at(1), WAIT).await;
+    first.kill();
+
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    let backend = backends.create(&PostParams::default(), &pooled_backend("bob", "resume")).await.unwrap();
+    let taken = take_without_handing_over(&env, "resume", &backend).await;
+
+    // The next controller (same key) hands the pod over instead of taking another.
+    let _second = ControllerProcess::start(&env, &[&key_arg]);
+    support::wait_for(&backends, "bob", has_condition("Ready", "True"), WAIT).await;
+    let mine = env.api::<Pod>().list(&ListParams::default().labels("spawner.dev/backend=bob")).await.unwrap().items;
+    assert_eq!(names(&mine), BTreeSet::from([taken.clone()]), "bob keeps the pod it took");
+    assert_eq!(mine[0].owner_references().len(), 1);
+    let secret = env.api::<Secret>().get("bob").await.expect("bob's token Secret");
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    assert_eq!(status_through_sidecar(&mine[0], Some(&token)).await, 200);
+    let _ = std::fs::remove_file(key);
+}
+
+#[tokio::test]
+async fn a_pod_taken_under_another_controller_key_is_replaced_by_a_cold_start() {
+    let env = TestEnv::new("pool-rekey").await;
+    prepare(&env).await;
+    let mut first = ControllerProcess::start(&env, &[]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    pools.create(&PostParams::default(), &pool("rekey", 1)).await.unwrap();
+    support::wait_for(&pools, "rekey", settled_at(1), WAIT).await;
+    first.kill();
+
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    let backend = backends.create(&PostParams::default(), &pooled_backend("carol", "rekey")).await.unwrap();
+    let taken = take_without_handing_over(&env, "rekey", &backend).await;
+
+    // A controller with a new random key cannot hand that pod over: the pod served nobody, so
+    // it goes, and carol starts cold.
+    let _second = ControllerProcess::start(&env, &[]);
+    support::wait_for(&backends, "carol", has_condition("Ready", "True"), WAIT).await;
+    wait_for_event(&env, "carol", "ColdStart", WAIT).await;
+    let mine = env.api::<Pod>().list(&ListParams::default().labels("spawner.dev/backend=carol")).await.unwrap().items;
+    let live: Vec<Pod> = mine.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    assert_eq!(names(&live), BTreeSet::from(["carol".to_string()]), "not {taken}");
+}
