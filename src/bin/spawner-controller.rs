@@ -10,7 +10,7 @@ use spawner::controllers::claim_key::ClaimKeys;
 use spawner::controllers::{self, Config, Options, context, pod::SidecarConfig};
 use spawner::process::{LogFilter, LogFormat, cancel_on_stop_signal, init_logging};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,7 +52,8 @@ struct Cli {
     lease_name: String,
 
     /// File holding the key warm pods' claim keys are derived from (at least 16 bytes). Without
-    /// it, a random key per process: warm pods are then replaced when the controller restarts.
+    /// it (or when the file does not exist), a random key per process: warm pods are then
+    /// replaced when the controller restarts.
     #[arg(long, env = "SPAWNER_CLAIM_KEY_FILE")]
     claim_key_file: Option<std::path::PathBuf>,
 
@@ -109,6 +110,11 @@ async fn main() -> ExitCode {
     };
     let claim_keys = match &cli.claim_key_file {
         None => ClaimKeys::default(),
+        // The deployment mounts the key's Secret as optional: a cluster without it still runs.
+        Some(path) if !path.exists() => {
+            warn!(path = %path.display(), "no claim key file: using a key of this process (warm pods are replaced on restart)");
+            ClaimKeys::default()
+        }
         Some(path) => match ClaimKeys::from_file(path) {
             Ok(keys) => keys,
             Err(e) => {

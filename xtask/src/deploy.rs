@@ -132,6 +132,7 @@ pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned], base_url: &str) ->
             "crd/sessionlivedbackendpools.spawner.dev",
         ],
     )?;
+    ensure_claim_key(kubeconfig)?;
     let applied = kubectl(kubeconfig, &["apply", "-k", OVERLAY_DIR])?;
     let changed: Vec<&str> = applied.lines().filter(|l| !l.ends_with(" unchanged")).collect();
     if changed.is_empty() {
@@ -163,6 +164,24 @@ pub fn remove(kubeconfig: &PathBuf) -> Result<()> {
             "--timeout=120s",
         ],
     )?;
+    Ok(())
+}
+
+/// Creates the controller's claim key Secret unless it exists (a key made here once and kept:
+/// deploying again or restarting the controller keeps the warm pods claimable).
+fn ensure_claim_key(kubeconfig: &PathBuf) -> Result<()> {
+    use crate::manifests::{CLAIM_KEY_FILE, CLAIM_KEY_SECRET};
+    let ns = spawner::names::SYSTEM_NAMESPACE;
+    kubectl(kubeconfig, &["apply", "-f", "config/default/namespace.yaml"])?;
+    if kubectl(kubeconfig, &["get", "secret", "-n", ns, CLAIM_KEY_SECRET, "-o", "name"]).is_ok() {
+        return Ok(());
+    }
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key).context("reading /dev/urandom")?;
+    let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let literal = format!("--from-literal={CLAIM_KEY_FILE}={key}");
+    kubectl(kubeconfig, &["create", "secret", "generic", "-n", ns, CLAIM_KEY_SECRET, &literal])?;
+    println!("    created the controller's claim key (Secret {ns}/{CLAIM_KEY_SECRET})");
     Ok(())
 }
 

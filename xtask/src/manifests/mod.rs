@@ -8,7 +8,7 @@ mod objects;
 mod rbac;
 mod workloads;
 
-pub use workloads::{DEMO_POOL, PROXY_BASE_URL, PROXY_NODE_PORT};
+pub use workloads::{CLAIM_KEY_FILE, CLAIM_KEY_SECRET, DEMO_POOL, PROXY_BASE_URL, PROXY_NODE_PORT};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, Deploymen
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -31,6 +32,12 @@ pub const PROXY_NODE_PORT: i32 = 30080;
 /// Where users reach the reverse proxy; backends' status URLs start with it.
 pub const PROXY_BASE_URL: &str = "http://127.0.0.1:30080";
 
+/// The Secret holding the controller's claim key, which `cargo xtask deploy` creates.
+pub const CLAIM_KEY_SECRET: &str = "spawner-claim-key";
+/// Its key, and where the controller reads it.
+pub const CLAIM_KEY_FILE: &str = "key";
+const CLAIM_KEY_DIR: &str = "/var/run/secrets/spawner/claim-key";
+
 /// Unprivileged user of every Spawner container (the distroless "nonroot" uid).
 const NONROOT_UID: i64 = 65532;
 
@@ -45,7 +52,21 @@ pub fn controller() -> Object {
             format!("--metrics-addr=0.0.0.0:{CONTROLLER_HTTP_PORT}"),
             "--log-format=json".into(),
         ]),
-        env: Some(vec![field_env("POD_NAME", "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")]),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "SPAWNER_CLAIM_KEY_FILE".into(),
+                value: Some(format!("{CLAIM_KEY_DIR}/{CLAIM_KEY_FILE}")),
+                ..Default::default()
+            },
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "claim-key".into(),
+            mount_path: CLAIM_KEY_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         ports: Some(vec![port("http", CONTROLLER_HTTP_PORT)]),
         liveness_probe: Some(http_probe("/healthz", CONTROLLER_HTTP_PORT)),
         readiness_probe: Some(http_probe("/readyz", CONTROLLER_HTTP_PORT)),
@@ -60,7 +81,25 @@ pub fn controller() -> Object {
             selector: selector(name),
             template: pod_template(
                 name,
-                PodSpec { service_account_name: Some(name.into()), containers: vec![container], ..hardened_pod() },
+                PodSpec {
+                    service_account_name: Some(name.into()),
+                    containers: vec![container],
+                    // The key warm pods' claim keys are derived from, the same for every replica
+                    // and restart (`cargo xtask deploy` creates it). Optional: without it each
+                    // controller process draws its own, and replaces the warm pods it cannot claim.
+                    volumes: Some(vec![Volume {
+                        name: "claim-key".into(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(CLAIM_KEY_SECRET.into()),
+                            optional: Some(true),
+                            // The controller runs as a uid that does not own the files.
+                            default_mode: Some(0o444),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..hardened_pod()
+                },
             ),
             ..Default::default()
         }),
