@@ -2,6 +2,7 @@
 //! ratios. They are measurements, not tests: nothing here asserts a time.
 
 pub mod controller;
+pub mod pool;
 pub mod sidecar;
 pub mod sweeper;
 
@@ -13,6 +14,9 @@ pub enum Bench {
     Controller(controller::Args),
     /// The sweeper following 110 real sidecars: memory, CPU and sweep lateness.
     Sweeper,
+    /// Backends from a warm pool against cold ones: create → Ready → first 200 through the proxy
+    /// (needs Spawner deployed).
+    Pool(pool::Args),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -20,5 +24,6 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Sidecar(args) => sidecar::run(&args),
         Bench::Controller(args) => controller::run(args),
         Bench::Sweeper => sweeper::run(),
+        Bench::Pool(args) => pool::run(args),
     }
 }
