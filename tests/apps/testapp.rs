@@ -1,7 +1,7 @@
 //! A real app for the sidecar's tests and benchmark: plain HTTP, request echo, streaming
 //! uploads and downloads, slow answers, SSE, WebSocket echo and a way to crash.
 //!
-//! Used in-process by `tests/sidecar*.rs` (as a module) and as the `spawner-testapp` example
+//! Used in-process by `tests/loopback/sidecar_*.rs` (as a module) and as the `spawner-testapp` example
 //! binary by `cargo xtask bench sidecar`.
 #![allow(dead_code)]
 

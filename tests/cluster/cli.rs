@@ -3,15 +3,14 @@
 //! The tests that wait for Ready need Spawner deployed (`cargo xtask deploy`, which
 //! `cargo xtask test` runs first); the others need only the CRD, which they install.
 
-mod controller_support;
-mod support;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
 use spawner::crd::SessionLivedBackend;
-use support::TestEnv;
+
+use crate::controller_support;
+use crate::support::{self, TestEnv};
 
 fn spawner(env: &TestEnv, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spawner"))
