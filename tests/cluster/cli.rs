@@ -9,7 +9,6 @@ use std::time::Duration;
 use kube::api::{Api, ListParams};
 use spawner::crd::SessionLivedBackend;
 
-use crate::controller_support;
 use crate::support::{self, TestEnv};
 
 fn spawner(env: &TestEnv, args: &[&str]) -> Output {
@@ -157,8 +156,8 @@ fn connect_refuses_an_empty_or_blank_key_before_touching_the_api() {
 async fn an_unpullable_image_is_named_by_get_list_wait_and_connect() {
     const UNPULLABLE: &str = "nosuch.invalid/nosuch:1";
     let env = TestEnv::new("cli-unpullable").await;
-    controller_support::prepare(&env).await;
-    let _controller = controller_support::ControllerProcess::start(&env, &[]);
+    support::controller::prepare(&env).await;
+    let _controller = support::controller::ControllerProcess::start(&env, &[]);
     let pull_failed = |b: Option<&SessionLivedBackend>| {
         b.and_then(|b| b.status.as_ref()?.reason.as_deref())
             .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")

@@ -26,7 +26,7 @@ use spawner::controllers::pod::{SidecarConfig, build_pod};
 use spawner::controllers::service::build_service;
 use spawner::crd::SessionLivedBackend;
 
-use crate::controller_support::*;
+use crate::support::controller::*;
 use crate::support::{self, TestEnv};
 
 fn setting(name: &str, default: usize) -> usize {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use spawner::crd::{Phase, SessionLivedBackend};
 
-use crate::controller_support::*;
+use crate::support::controller::*;
 use crate::support::{self, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(120);

@@ -11,9 +11,7 @@ mod cli;
 mod controller;
 mod controller_bench;
 mod controller_ready;
-mod controller_support;
 mod node;
 mod pool;
-#[path = "../support/mod.rs"]
 mod support;
 mod sweeper;

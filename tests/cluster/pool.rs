@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use spawner::crd::SessionLivedBackendPool;
 
-use crate::controller_support::*;
+use crate::support::controller::*;
 use crate::support::{self, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(120);

@@ -93,7 +93,7 @@ async fn e2e_enforced_egress_public_reaches_only_public_addresses_none_nothing_u
     container.readiness_probe.as_mut().unwrap().http_get.as_mut().unwrap().port =
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(LISTENER_PORT.into());
     pods.create(&PostParams::default(), &listener).await.unwrap();
-    support::wait_for(&pods, "listener", netcheck::ready(), Duration::from_secs(90)).await;
+    support::wait_for(&pods, "listener", support::pod_ready(), Duration::from_secs(90)).await;
 
     let url = |address: &str| format!("http://{address}:{LISTENER_PORT}/");
     let (metadata, private, public) = (url(METADATA_ADDRESS), url(&second_ip), url(PUBLIC_LOOKING_ADDRESS));

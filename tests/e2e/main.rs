@@ -13,7 +13,6 @@ mod isolation;
 mod kind;
 mod kind_cluster;
 mod lifecycle;
-#[path = "../support/mod.rs"]
 mod support;
 mod two_nodes;
 

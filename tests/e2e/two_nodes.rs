@@ -81,7 +81,7 @@ async fn e2e_on_two_nodes_network_policy_is_enforced_on_a_node_and_across_nodes(
     let pods = env.api::<Pod>();
     let web = netcheck::pod("web", &["serve"], serde_json::json!({"app": "web"}), Some(&first));
     pods.create(&PostParams::default(), &web).await.unwrap();
-    let web = support::wait_for(&pods, "web", netcheck::ready(), Duration::from_secs(90)).await.unwrap();
+    let web = support::wait_for(&pods, "web", support::pod_ready(), Duration::from_secs(90)).await.unwrap();
     let url = format!("http://{}:8080/", web.status.and_then(|s| s.pod_ip).expect("a Ready pod has an IP"));
 
     let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({

@@ -3,6 +3,6 @@
 
 mod proxy;
 mod sidecar_http;
-mod sidecar_support;
 mod sidecar_websocket;
+mod support;
 mod sweeper_follower;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::sidecar_support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn keep_alive_requests_keep_host_drop_hop_by_hop_headers_and_append_forwarded_ones() {

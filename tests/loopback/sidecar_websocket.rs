@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::sidecar_support::*;
+use crate::support::*;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -6,7 +6,6 @@
 //! through untouched, an idle one whose grace period ran out meanwhile is swept once the API
 //! server is back, and the controller carries on with new backends.
 
-#[path = "../support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;
