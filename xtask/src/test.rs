@@ -6,7 +6,7 @@
 //! config/default is deployed and the end-to-end tests (names starting `e2e_`) run against it.
 //! Last, the same deployment on a two-node kind cluster (`spawner-e2e`, kept for the next run;
 //! `cargo xtask kind down --name spawner-e2e` removes it) and the end-to-end tests that matter
-//! there: the whole lifecycle through the proxy, and the two-node tests.
+//! there (tests/e2e): the whole lifecycle through the proxy, the two-node and the isolation tests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
