@@ -232,7 +232,7 @@ http {{
 mod tests {
     use super::*;
 
-    // The routing itself is proven in a real nginx by tests/e2e_proxy.rs; these pin what the
+    // The routing itself is proven in a real nginx by tests/loopback/proxy.rs; these pin what the
     // cluster deployment relies on.
     #[test]
     fn the_default_config_fits_a_read_only_non_root_pod_in_the_cluster() {

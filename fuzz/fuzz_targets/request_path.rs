@@ -40,7 +40,7 @@ fn world() -> &'static World {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let app = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            testapp::TestApp::serve(listener).addr
+            testapp::serve(listener, CancellationToken::new())
         });
         World { runtime, app }
     })

@@ -3,7 +3,7 @@
 //! The fake keeps Pods, Services and Secrets in memory and answers the handful of calls the
 //! reconciler makes, recording each one, so a test reads as "given this cluster, reconciling
 //! this backend makes these calls and leaves this status". Behaviour against a real API server
-//! (SSA semantics, RBAC, garbage collection) is covered by tests/controller.rs.
+//! (SSA semantics, RBAC, garbage collection) is covered by tests/cluster/controller.rs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -11,8 +11,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-        let app = testapp::TestApp::serve(listener);
-        println!("listening {}", app.addr);
+        // Never cancelled: the process ends on a signal.
+        let addr = testapp::serve(listener, tokio_util::sync::CancellationToken::new());
+        println!("listening {addr}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
         tokio::select! {
             _ = term.recv() => {}

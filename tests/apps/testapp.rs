@@ -1,9 +1,8 @@
 //! A real app for the sidecar's tests and benchmark: plain HTTP, request echo, streaming
 //! uploads and downloads, slow answers, SSE, WebSocket echo and a way to crash.
 //!
-//! Used in-process by `tests/sidecar*.rs` (as a module) and as the `spawner-testapp` example
-//! binary by `cargo xtask bench sidecar`.
-#![allow(dead_code)]
+//! Used in-process by the loopback tests (tests/loopback/support.rs) and the fuzz target, and as
+//! the `spawner-testapp` example binary by `cargo xtask bench sidecar`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,25 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// A running test app; dropping it does not stop it, [`TestApp::crash`] does.
-pub struct TestApp {
-    pub addr: SocketAddr,
-    crash: CancellationToken,
-}
-
-impl TestApp {
-    /// Serve on an already bound listener (so callers can pick or reserve the port).
-    pub fn serve(listener: TcpListener) -> Self {
-        let addr = listener.local_addr().expect("bound");
-        let crash = CancellationToken::new();
-        tokio::spawn(accept(listener, crash.clone()));
-        Self { addr, crash }
-    }
-
-    /// Stop like a crashed process: the listener and every connection close at once.
-    pub fn crash(&self) {
-        self.crash.cancel();
-    }
+/// Serves the app on an already bound listener (so callers can pick or reserve the port);
+/// returns its address. Cancelling `crash` stops it like a crashed process: the listener and
+/// every connection close at once.
+pub fn serve(listener: TcpListener, crash: CancellationToken) -> SocketAddr {
+    let addr = listener.local_addr().expect("bound");
+    tokio::spawn(accept(listener, crash));
+    addr
 }
 
 async fn accept(listener: TcpListener, crash: CancellationToken) {

@@ -7,7 +7,7 @@
 //! Needs Debian's `chromium`; the cluster test needs `cargo xtask deploy` to have run.
 
 mod cdp;
-#[path = "../support/mod.rs"]
+#[path = "../support/env.rs"]
 mod support;
 
 use std::path::PathBuf;
@@ -127,16 +127,16 @@ async fn two_tabs_play_drop_four_on_the_demo_binary() {
 
 #[tokio::test]
 async fn e2e_two_tabs_play_drop_four_through_the_proxy_in_the_cluster() {
-    let env = support::TestEnv::new("browser").await;
+    let (namespace, _) = support::TestNamespace::new("browser").await;
     let out = Command::new(env!("CARGO_BIN_EXE_spawner"))
-        .args(["--namespace", &env.namespace, "create", "--image", &spawner::names::image("demo-drop-four")])
+        .args(["--namespace", &namespace.name, "create", "--image", &spawner::names::image("demo-drop-four")])
         .args(["--generate-name", "drop-four-", "--grace-period", "60", "--wait", "--timeout", "3m"])
         .env("KUBECONFIG", support::kubeconfig_path())
         .output()
         .unwrap();
     assert!(out.status.success(), "spawner create failed: {}", String::from_utf8_lossy(&out.stderr));
     let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(url.contains(&format!("/p/{}/drop-four-", env.namespace)) && url.contains("?token="), "{url}");
+    assert!(url.contains(&format!("/p/{}/drop-four-", namespace.name)) && url.contains("?token="), "{url}");
     wait_until_served(&url).await;
     two_tabs_play(&url, "cluster").await;
 }

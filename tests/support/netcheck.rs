@@ -61,12 +61,3 @@ pub async fn run_to_completion(env: &TestEnv, pod: Pod) -> String {
     assert_eq!(phase, "Succeeded", "{name} ({args}) failed; logs:\n{logs}");
     logs
 }
-
-/// The pod's Ready condition is True.
-pub fn ready() -> impl Condition<Pod> {
-    |pod: Option<&Pod>| {
-        pod.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    }
-}

@@ -6,7 +6,7 @@
 //! config/default is deployed and the end-to-end tests (names starting `e2e_`) run against it.
 //! Last, the same deployment on a two-node kind cluster (`spawner-e2e`, kept for the next run;
 //! `cargo xtask kind down --name spawner-e2e` removes it) and the end-to-end tests that matter
-//! there: the whole lifecycle through the proxy, and the two-node tests.
+//! there (tests/e2e): the whole lifecycle through the proxy, the two-node and the isolation tests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -86,11 +86,11 @@ fn kind_phase(
     extra: &[&str],
     tally: &mut Tally,
 ) -> Result<()> {
-    // First the throwaway cluster of tests/kind.rs (node containers through testcontainers,
+    // First the throwaway cluster of tests/e2e/kind.rs (node containers through testcontainers,
     // removed when the test ends), so that two clusters never share the machine's two cores.
     let engine = crate::docker::up()?;
     step("cargo test (kind via testcontainers)", || {
-        let mut args = vec!["test", "--workspace", "--test", "kind"];
+        let mut args = vec!["test", "--workspace", "--test", "e2e"];
         args.extend(extra);
         args.push(THROWAWAY_KIND_TEST);
         cargo_test_with(&args, &engine.env(), tally)
@@ -106,8 +106,9 @@ fn kind_phase(
     let kind = kind.expect("set by the step");
     step("deploy config/default on kind", || crate::deploy::apply_default(&kind.kubeconfig, images, &kind.base_url))?;
     step("cargo test (end to end, on kind)", || {
-        let mut args =
-            vec!["test", "--workspace", "--test", "e2e", "--test", "e2e_two_nodes", "--test", "e2e_isolation"];
+        // The `e2e_` tests of tests/e2e: the lifecycle, the two-node and the isolation tests. (The
+        // API server outage and the browser's `e2e_` test are other crates: local cluster only.)
+        let mut args = vec!["test", "--workspace", "--test", "e2e"];
         args.extend(extra);
         args.push("e2e_");
         let mut env = vec![("SPAWNER_TEST_CLUSTER", "kind".to_string())];
@@ -118,7 +119,7 @@ fn kind_phase(
 
 /// The kind cluster of the end-to-end phase (the tests' harness names it too).
 const KIND_CLUSTER: &str = "spawner-e2e";
-/// tests/kind.rs: builds its own cluster, so it runs in the kind phase only.
+/// tests/e2e/kind.rs: builds its own cluster, so it runs in the kind phase only.
 const THROWAWAY_KIND_TEST: &str = "kind_a_throwaway_two_node_cluster";
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `cargo xtask bench controller`: the controller's burst throughput against a raw client and
 //! its create-to-Ready overhead against a bare Pod, on the local cluster.
 //!
-//! The measurement itself is the ignored test `bench_controller` in tests/controller_bench.rs
+//! The measurement itself is the ignored test `bench_controller` in tests/cluster/controller_bench.rs
 //! (it needs an async Kubernetes client, which the xtask crate keeps out of its dependencies);
 //! this runs it in release mode with the settings below and lets it print its report.
 //! Targets: throughput >= 80% of the raw client's; Ready overhead p50 <= 100 ms.
@@ -33,8 +33,8 @@ pub fn run(args: Args) -> Result<()> {
     println!("building and running the controller benchmark (release)");
     let status = Command::new(cargo)
         .current_dir(root)
-        .args(["test", "--release", "-p", "spawner", "--test", "controller_bench", "--"])
-        .args(["--ignored", "--nocapture", "--exact", "bench_controller"])
+        .args(["test", "--release", "-p", "spawner", "--test", "cluster", "--"])
+        .args(["--ignored", "--nocapture", "--exact", "controller_bench::bench_controller"])
         .env("SPAWNER_BENCH_BACKENDS", args.backends.to_string())
         .env("SPAWNER_BENCH_CONCURRENCY", args.concurrency.to_string())
         .env("SPAWNER_BENCH_READY", args.ready.to_string())

@@ -2,8 +2,6 @@
 //! rejects bad specs naming the field, config/default passes server-side dry-run, the generated
 //! RBAC is what binds, and garbage collection of owned objects works.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
@@ -13,7 +11,8 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::conditions;
 use spawner::crd::SessionLivedBackend;
 use spawner::names::SYSTEM_NAMESPACE;
-use support::TestEnv;
+
+use crate::support::{self, TestEnv};
 
 fn dry_run() -> PostParams {
     PostParams { dry_run: true, ..Default::default() }
@@ -59,7 +58,7 @@ async fn the_original_demo_is_accepted_and_bad_specs_are_rejected_naming_the_fie
     let env = TestEnv::new("admission").await;
     support::install_crd(&env.client).await;
 
-    let demo = backend_from_yaml(include_str!("fixtures/original-demo.yaml"));
+    let demo = backend_from_yaml(include_str!("../fixtures/original-demo.yaml"));
     let created = env.api::<SessionLivedBackend>().create(&dry_run(), &demo).await.expect("original demo accepted");
     assert_eq!(created.spec.grace_period_seconds, 300);
     assert_eq!(created.spec.http_port, 8080, "defaults are applied by the API server");

@@ -1,8 +1,6 @@
 //! The sidecar's HTTP proxying, readiness, auth, event stream, hostile input and shutdown, with
 //! the real binary on loopback in front of a real app.
 
-mod sidecar_support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,9 +8,10 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use sidecar_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
 
 #[tokio::test]
 async fn keep_alive_requests_keep_host_drop_hop_by_hop_headers_and_append_forwarded_ones() {

@@ -2,19 +2,18 @@
 //! ping/pong, close codes, 16 MiB messages, extension passthrough, 1,000 concurrent sockets,
 //! disconnects and shutdown.
 
-mod sidecar_support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use sidecar_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::support::*;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

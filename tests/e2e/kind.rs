@@ -1,28 +1,25 @@
-//! kind via testcontainers: a throwaway two-node cluster of its own (see
-//! `support/kind_cluster.rs`), Spawner deployed into it, and one backend's life through
-//! everything a user touches — created, Ready, played through the reverse proxy's NodePort over a
-//! WebSocket, left, swept by the sweeper with its Pod and Service.
+//! kind via testcontainers: a throwaway two-node cluster of its own (see `kind_cluster.rs`),
+//! Spawner deployed into it, and one backend's life through everything a user touches — created,
+//! Ready, played through the reverse proxy's NodePort over a WebSocket, left, swept by the
+//! sweeper with its Pod and Service.
 //!
-//! Needs only Docker (`cargo test --test kind`); the node image and Spawner's images are built
-//! by `cargo xtask` on first use and cached. Independent of `SPAWNER_TEST_CLUSTER`.
-
-mod support;
-
-#[path = "support/kind_cluster.rs"]
-mod kind_cluster;
+//! Needs only Docker (`cargo test --test e2e kind::`); the node image and Spawner's images are
+//! built by `cargo xtask` on first use and cached. Independent of `SPAWNER_TEST_CLUSTER`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kind_cluster::KindCluster;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::conditions;
 use kube::{Client, Config, ResourceExt};
 use spawner::crd::SessionLivedBackend;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::kind_cluster::KindCluster;
+use crate::support;
 
 /// Short, so the sweep is quick to see; long enough to connect after Ready on a busy machine.
 const GRACE_SECONDS: u64 = 20;

@@ -1,16 +1,14 @@
 //! The controller's Ready path on a real node: needs the images (`cargo xtask images`:
 //! localhost/spawner/sidecar and localhost/spawner/netcheck loaded into the cluster).
 
-mod controller_support;
-mod support;
-
 use std::time::Duration;
 
-use controller_support::*;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use spawner::crd::{Phase, SessionLivedBackend};
-use support::TestEnv;
+
+use crate::support::controller::*;
+use crate::support::{self, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -331,6 +331,11 @@ async fn a_failed_sweep_is_retried_while_the_backend_stays_idle() {
 }
 
 // ---------- malformed streams (raw TCP server) ----------
+//
+// Everything here runs in the test's own runtime (server, follower, the test writing events), so
+// these tests run on paused virtual time: the clock jumps to the next timer whenever every task
+// waits, and the heartbeat watchdog's seconds pass at once. Loopback I/O that is ready wakes its
+// task before the clock may move.
 
 /// A fake sidecar admin port: hands each accepted connection, request already read and
 /// `200 text/event-stream` headers already sent, to the test.
@@ -363,7 +368,7 @@ async fn next_connection(connections: &mut mpsc::UnboundedReceiver<TcpStream>) -
     timeout(SOON, connections.recv()).await.expect("the follower connects").unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn malformed_events_are_skipped_and_counted_without_dropping_the_stream() {
     let (addr, mut connections) = start_raw_sse().await;
     let grace = Duration::from_secs(5);
@@ -390,7 +395,7 @@ async fn malformed_events_are_skipped_and_counted_without_dropping_the_stream() 
     assert_eq!((status.connects, status.malformed, status.events), (1, 5, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_malformed_event_disarms_a_pending_deadline() {
     let (addr, mut connections) = start_raw_sse().await;
     let mut following = Following::start(addr, Duration::from_secs(10));
@@ -407,7 +412,7 @@ async fn a_malformed_event_disarms_a_pending_deadline() {
     drop(stream);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_deadline_in_a_silent_gap_waits_for_a_fresh_event() {
     let (addr, mut connections) = start_raw_sse().await;
     let grace = Duration::from_secs(10);

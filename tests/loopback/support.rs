@@ -1,10 +1,11 @@
-//! Support for the sidecar's integration tests: the real `spawner-sidecar` binary started as a
-//! process on ephemeral loopback ports, the real test app in-process, and small real clients
-//! (hyper, raw TCP, the event stream).
-#![allow(dead_code)]
+//! The loopback tests' harness: the real `spawner-sidecar` binary started as a process on
+//! ephemeral loopback ports, the real test app in-process, small real clients (hyper, raw TCP,
+//! the event stream), and tests/support's WebSocket messages.
 
 #[path = "../apps/testapp.rs"]
-pub mod testapp;
+mod testapp;
+#[path = "../support/websocket.rs"]
+mod websocket;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -20,11 +21,32 @@ use hyper_util::rt::TokioIo;
 use spawner::sidecar::event::IdleState;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
-pub use testapp::TestApp;
+pub use websocket::*;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 pub const SOON: Duration = Duration::from_secs(15);
+
+/// The test app in-process (tests/apps/testapp.rs); dropping it does not stop it,
+/// [`TestApp::crash`] does.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    crash: CancellationToken,
+}
+
+impl TestApp {
+    /// Serve on an already bound listener (so callers can pick or reserve the port).
+    pub fn serve(listener: TcpListener) -> Self {
+        let crash = CancellationToken::new();
+        Self { addr: testapp::serve(listener, crash.clone()), crash }
+    }
+
+    /// Stop like a crashed process: the listener and every connection close at once.
+    pub fn crash(&self) {
+        self.crash.cancel();
+    }
+}
 
 /// Start the in-process test app on an ephemeral port.
 pub async fn start_app() -> TestApp {
@@ -66,10 +88,6 @@ impl Sidecar {
                 .expect("address")
         };
         Self { proxy: addr("proxy="), admin: addr("admin="), child, log }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Send SIGTERM (as the kubelet does).

@@ -13,13 +13,9 @@
 //! Not a test: it asserts nothing about time; it prints a report, and fails only when
 //! something breaks (a backend never gets its pod, a watch fails).
 
-mod controller_support;
-mod support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use controller_support::*;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::PostParams;
@@ -29,7 +25,9 @@ use serde_json::json;
 use spawner::controllers::pod::{SidecarConfig, build_pod};
 use spawner::controllers::service::build_service;
 use spawner::crd::SessionLivedBackend;
-use support::TestEnv;
+
+use crate::support::controller::*;
+use crate::support::{self, TestEnv};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

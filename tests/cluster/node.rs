@@ -2,8 +2,6 @@
 //! other over a Service's ClusterIP and DNS name, a bad image fails with an Event that says so,
 //! and deleting a namespace removes what was in it.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -11,7 +9,8 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::conditions;
 use kube::runtime::{WatchStreamExt, watcher};
-use support::{TestEnv, netcheck};
+
+use crate::support::{self, TestEnv, netcheck};
 
 fn pod(name: &str, args: &[&str], labels: serde_json::Value) -> Pod {
     netcheck::pod(name, args, labels, None)

@@ -2,15 +2,11 @@
 //! kubelet, running as its ServiceAccount (impersonation), so each test also proves the RBAC.
 //!
 //! None of these needs the Spawner images: backends here are unschedulable, refused, or only
-//! need to be bound to the node. The Ready path (images needed) is in tests/controller_ready.rs.
-
-mod controller_support;
-mod support;
+//! need to be bound to the node. The Ready path (images needed) is in controller_ready.rs.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use controller_support::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{DeleteParams, ListParams};
@@ -19,7 +15,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use spawner::crd::{Phase, SessionLivedBackend};
-use support::TestEnv;
+
+use crate::support::controller::*;
+use crate::support::{self, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(60);
 

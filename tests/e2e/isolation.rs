@@ -13,8 +13,6 @@
 //!   backend's probes reach exactly what its `spec.egress` allows, and a pool's warm pod what the
 //!   pool's does.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -23,7 +21,8 @@ use kube::runtime::wait::conditions;
 use kube::{Api, ResourceExt};
 use spawner::crd::{AuthMode, Egress, SessionLivedBackend, SessionLivedBackendPool};
 use spawner::names;
-use support::{TestEnv, netcheck};
+
+use crate::support::{self, TestEnv, netcheck};
 
 /// Port of the egress tests' listener on the second node (host network).
 const LISTENER_PORT: u16 = 18080;
@@ -34,6 +33,7 @@ const PUBLIC_LOOKING_ADDRESS: &str = "203.0.113.7";
 
 #[tokio::test]
 async fn e2e_enforced_a_backend_is_reached_only_through_the_proxy_and_its_admin_port_only_by_the_sweeper() {
+    let _controller = crate::CONTROLLER.read().await;
     let env = TestEnv::new("isolated").await;
     let outsider = TestEnv::new("outsider").await;
     support::two_nodes(&env).await;
@@ -77,6 +77,7 @@ async fn e2e_enforced_a_backend_is_reached_only_through_the_proxy_and_its_admin_
 
 #[tokio::test]
 async fn e2e_enforced_egress_public_reaches_only_public_addresses_none_nothing_unrestricted_everything() {
+    let _controller = crate::CONTROLLER.read().await;
     let env = TestEnv::new("egress").await;
     let [first, second] = support::two_nodes(&env).await;
     let _listener_addresses = ListenerAddresses::add(&env, &first, &second).await;
@@ -92,7 +93,7 @@ async fn e2e_enforced_egress_public_reaches_only_public_addresses_none_nothing_u
     container.readiness_probe.as_mut().unwrap().http_get.as_mut().unwrap().port =
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(LISTENER_PORT.into());
     pods.create(&PostParams::default(), &listener).await.unwrap();
-    support::wait_for(&pods, "listener", netcheck::ready(), Duration::from_secs(90)).await;
+    support::wait_for(&pods, "listener", support::pod_ready(), Duration::from_secs(90)).await;
 
     let url = |address: &str| format!("http://{address}:{LISTENER_PORT}/");
     let (metadata, private, public) = (url(METADATA_ADDRESS), url(&second_ip), url(PUBLIC_LOOKING_ADDRESS));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support;
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -462,25 +464,6 @@ async fn nginx_streams_responses_without_buffering() {
     }
 }
 
-async fn next_json(
-    socket: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
-    kind: &str,
-) -> serde_json::Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind} message within 20 s"))
-            .expect("socket open")
-            .expect("socket healthy");
-        if let Message::Text(text) = message {
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            if value["type"] == kind {
-                return value;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn two_players_play_drop_four_through_nginx() {
     let world = world().await;
@@ -492,14 +475,14 @@ async fn two_players_play_drop_four_through_nginx() {
     let url = format!("ws://127.0.0.1:{port}/p/demo/game/ws");
     let (mut red, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     red.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
-    assert_eq!(next_json(&mut red, "welcome").await["role"], "red");
+    assert_eq!(support::next_of_type(&mut red, "welcome").await["role"], "red");
     let (mut yellow, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     yellow.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
-    assert_eq!(next_json(&mut yellow, "welcome").await["role"], "yellow");
+    assert_eq!(support::next_of_type(&mut yellow, "welcome").await["role"], "yellow");
 
     red.send(Message::text(r#"{"type":"move","column":3}"#)).await.unwrap();
     let seen_by_yellow = loop {
-        let state = next_json(&mut yellow, "state").await;
+        let state = support::next_of_type(&mut yellow, "state").await;
         if state["board"][5][3] == "red" {
             break state;
         }
@@ -507,7 +490,7 @@ async fn two_players_play_drop_four_through_nginx() {
     assert_eq!(seen_by_yellow["turn"], "yellow");
     yellow.send(Message::text(r#"{"type":"move","column":3}"#)).await.unwrap();
     loop {
-        let state = next_json(&mut red, "state").await;
+        let state = support::next_of_type(&mut red, "state").await;
         if state["board"][4][3] == "yellow" {
             assert_eq!(state["turn"], "red");
             break;

@@ -8,8 +8,6 @@
 //! They need two schedulable nodes and fail with the reason elsewhere (`cargo xtask test` runs
 //! them only on kind: `SPAWNER_TEST_CLUSTER=kind`).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -21,14 +19,9 @@ use kube::runtime::wait::conditions;
 use kube::{Api, ResourceExt};
 use spawner::crd::SessionLivedBackend;
 use spawner::names;
-use support::{TestEnv, netcheck};
 use tokio::time::Instant;
 
-/// Tests run in parallel, and one of them deletes the controller's pod: while the Deployment's
-/// next pod waits out the Lease, no backend turns Ready, and a backend of another test could be
-/// swept before its status ever said Ready. Tests that need the controller share it (read); the
-/// one that deletes it has it alone (write).
-static CONTROLLER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+use crate::support::{self, TestEnv, netcheck};
 
 /// The demo backend, pinned to `node`.
 fn pinned(name: &str, grace_seconds: u64, node: &str) -> SessionLivedBackend {
@@ -88,7 +81,7 @@ async fn e2e_on_two_nodes_network_policy_is_enforced_on_a_node_and_across_nodes(
     let pods = env.api::<Pod>();
     let web = netcheck::pod("web", &["serve"], serde_json::json!({"app": "web"}), Some(&first));
     pods.create(&PostParams::default(), &web).await.unwrap();
-    let web = support::wait_for(&pods, "web", netcheck::ready(), Duration::from_secs(90)).await.unwrap();
+    let web = support::wait_for(&pods, "web", support::pod_ready(), Duration::from_secs(90)).await.unwrap();
     let url = format!("http://{}:8080/", web.status.and_then(|s| s.pod_ip).expect("a Ready pod has an IP"));
 
     let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
@@ -126,7 +119,7 @@ async fn e2e_on_two_nodes_network_policy_is_enforced_on_a_node_and_across_nodes(
 
 #[tokio::test]
 async fn e2e_on_two_nodes_each_nodes_sweeper_sweeps_exactly_its_own_backends() {
-    let _controller = CONTROLLER.read().await;
+    let _controller = crate::CONTROLLER.read().await;
     let env = TestEnv::new("two-nodes-sweep").await;
     let [first, second] = support::two_nodes(&env).await;
     let api: Api<SessionLivedBackend> = env.api();
@@ -145,7 +138,7 @@ async fn e2e_on_two_nodes_each_nodes_sweeper_sweeps_exactly_its_own_backends() {
 
 #[tokio::test]
 async fn e2e_on_two_nodes_losing_one_nodes_sweeper_costs_no_node_any_idle_time() {
-    let _controller = CONTROLLER.read().await;
+    let _controller = crate::CONTROLLER.read().await;
     let env = TestEnv::new("two-nodes-sweeper-loss").await;
     let [first, second] = support::two_nodes(&env).await;
     let api: Api<SessionLivedBackend> = env.api();
@@ -179,7 +172,7 @@ async fn e2e_on_two_nodes_losing_one_nodes_sweeper_costs_no_node_any_idle_time()
 
 #[tokio::test]
 async fn e2e_on_two_nodes_a_controller_lost_while_backends_start_leaves_one_pod_and_one_service_each() {
-    let _controller = CONTROLLER.write().await;
+    let _controller = crate::CONTROLLER.write().await;
     let env = TestEnv::new("two-nodes-controller-loss").await;
     let nodes = support::two_nodes(&env).await;
     let api: Api<SessionLivedBackend> = env.api();

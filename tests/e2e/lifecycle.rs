@@ -4,8 +4,6 @@
 //! prints (token included), a client without the token refused, and the backend swept once both
 //! players have left and its grace period has passed, with its Pod, Service and Secret.
 
-mod support;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,10 +12,11 @@ use futures::{SinkExt, StreamExt};
 use kube::runtime::wait::conditions;
 use serde_json::Value;
 use spawner::crd::SessionLivedBackend;
-use support::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::support::{self, TestEnv};
 
 /// Short, so the sweep is quick to see; long enough that the backend is not swept between
 /// becoming Ready and the first player connecting.
@@ -76,6 +75,7 @@ where
 
 #[tokio::test]
 async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_they_leave() {
+    let _controller = crate::CONTROLLER.read().await;
     let env = TestEnv::new("e2e").await;
     let grace = GRACE_SECONDS.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_spawner"))

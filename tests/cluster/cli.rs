@@ -3,15 +3,13 @@
 //! The tests that wait for Ready need Spawner deployed (`cargo xtask deploy`, which
 //! `cargo xtask test` runs first); the others need only the CRD, which they install.
 
-mod controller_support;
-mod support;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
 use spawner::crd::SessionLivedBackend;
-use support::TestEnv;
+
+use crate::support::{self, TestEnv};
 
 fn spawner(env: &TestEnv, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spawner"))
@@ -158,8 +156,8 @@ fn connect_refuses_an_empty_or_blank_key_before_touching_the_api() {
 async fn an_unpullable_image_is_named_by_get_list_wait_and_connect() {
     const UNPULLABLE: &str = "nosuch.invalid/nosuch:1";
     let env = TestEnv::new("cli-unpullable").await;
-    controller_support::prepare(&env).await;
-    let _controller = controller_support::ControllerProcess::start(&env, &[]);
+    support::controller::prepare(&env).await;
+    let _controller = support::controller::ControllerProcess::start(&env, &[]);
     let pull_failed = |b: Option<&SessionLivedBackend>| {
         b.and_then(|b| b.status.as_ref()?.reason.as_deref())
             .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")

@@ -2,19 +2,17 @@
 //! replaces them, and lets garbage collection remove them with the pool. Needs the images
 //! (`cargo xtask images`: localhost/spawner/sidecar and localhost/spawner/netcheck).
 
-mod controller_support;
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use controller_support::*;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use spawner::crd::SessionLivedBackendPool;
-use support::TestEnv;
+
+use crate::support::controller::*;
+use crate::support::{self, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(120);
 const POOL_LABEL: &str = "spawner.dev/pool";

@@ -3,7 +3,6 @@
 //! The binary gets a kubeconfig that impersonates `system:serviceaccount:spawner-system:
 //! spawner-controller`, so every test that passes also proves the generated RBAC (config/rbac)
 //! is enough for what it exercised.
-#![allow(dead_code)] // Each test crate uses a different part.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,7 +19,7 @@ use kube::runtime::wait::Condition;
 use spawner::crd::SessionLivedBackend;
 use spawner::names;
 
-use crate::support::{self, TestEnv};
+use super::TestEnv;
 
 /// The app image of the tests: `serve` answers HTTP on $PORT (tests/apps/spawner-netcheck.rs).
 pub const APP_IMAGE: &str = "localhost/spawner/netcheck:0.1.0";
@@ -41,14 +40,14 @@ pub async fn prepare(env: &TestEnv) {
             ns = names::SYSTEM_NAMESPACE
         );
     }
-    support::install_crd(&env.client).await;
-    support::apply_rbac();
+    super::install_crd(&env.client).await;
+    super::apply_rbac();
 }
 
 /// A kubeconfig like the test cluster's, acting as the controller's ServiceAccount.
 fn impersonating_kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| support::impersonating_kubeconfig(names::CONTROLLER)).clone()
+    PATH.get_or_init(|| super::impersonating_kubeconfig(names::CONTROLLER)).clone()
 }
 
 fn free_port() -> SocketAddr {

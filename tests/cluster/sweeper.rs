@@ -9,8 +9,6 @@
 //! `spawner-sweeper` process on this machine against the cluster, scoped to the test's
 //! namespace so other tests' backends are left alone.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,12 +22,13 @@ use kube::{Api, ResourceExt};
 use spawner::controllers::pod::{SidecarConfig, build_pod};
 use spawner::crd::SessionLivedBackend;
 use spawner::names;
-use support::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{self, TestEnv};
 
 fn backend(name: &str, grace_seconds: i64) -> SessionLivedBackend {
     support::demo_backend(name, grace_seconds as u64)

@@ -1,0 +1,53 @@
+//! The end-to-end tests' harness: tests/support's test namespace, backends, garbage collection,
+//! netcheck pods and WebSocket messages, and what only these tests need: the two schedulable
+//! nodes of the kind cluster, and pods' readiness.
+
+#[path = "../support/backends.rs"]
+mod backends;
+#[path = "../support/children.rs"]
+mod children;
+#[path = "../support/env.rs"]
+mod env;
+#[path = "../support/netcheck.rs"]
+pub mod netcheck;
+#[path = "../support/websocket.rs"]
+mod websocket;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::wait::Condition;
+
+pub use backends::*;
+pub use children::*;
+pub use env::*;
+pub use websocket::*;
+
+/// The schedulable nodes (no NoSchedule taint), sorted by name; fails unless there are two.
+pub async fn two_nodes(env: &TestEnv) -> [String; 2] {
+    let nodes =
+        Api::<k8s_openapi::api::core::v1::Node>::all(env.client.clone()).list(&Default::default()).await.unwrap();
+    let mut names: Vec<String> = nodes
+        .items
+        .iter()
+        .filter(|n| {
+            let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            !taints.iter().any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        })
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 2,
+        "these tests need two schedulable nodes (run them on kind: SPAWNER_TEST_CLUSTER=kind); found {names:?}"
+    );
+    [names[0].clone(), names[1].clone()]
+}
+
+/// The pod's Ready condition is True.
+pub fn pod_ready() -> impl Condition<Pod> {
+    |pod: Option<&Pod>| {
+        pod.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    }
+}
