@@ -227,9 +227,17 @@ async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills
     .await;
     assert!(names(&refilled).contains(&pod.name_any()), "the claimed pod keeps its pool label");
     support::wait_for(&pools, "room", settled_at(2), WAIT).await;
-    let (_, metrics) = controller.get("/metrics").expect("the controller serves /metrics");
+    // The gauges come from the controller's cache of pools, which may trail the API by a moment.
+    let deadline = std::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let (_, metrics) = controller.get("/metrics").expect("the controller serves /metrics");
+        if metrics.contains("spawner_controller_warm_pods{state=\"ready\"} 2") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "the warm-pod gauge never said 2 Ready:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(metrics.contains("spawner_controller_claim_duration_seconds_count 1"), "{metrics}");
-    assert!(metrics.contains("spawner_controller_warm_pods{state=\"ready\"} 2"), "{metrics}");
     assert!(metrics.contains("spawner_controller_pool_empty_total 0"), "{metrics}");
 
     // Deleting the pool takes its warm pods, not the claimed one.
