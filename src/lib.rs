@@ -50,6 +50,11 @@ pub mod names {
     /// Annotation on a backend's pod: the backend's `gracePeriodSeconds`, so the sweeper need
     /// not read the backend (pods made before it existed are read from the backend instead).
     pub const GRACE_PERIOD_ANNOTATION: &str = "spawner.dev/grace-period-seconds";
+    /// Label naming the pool a warm pod belongs to (kept once the pod is claimed).
+    pub const POOL_LABEL: &str = "spawner.dev/pool";
+    /// Annotation on a claimed pod: the uid of the backend it was handed over to. Until then
+    /// the pod's idle time is not the backend's, so the sweeper does not follow it.
+    pub const HANDED_OVER_ANNOTATION: &str = "spawner.dev/handed-over";
     /// Version of the images `config/default` references.
     pub const IMAGE_TAG: &str = "0.1.0";
     /// Image of a Spawner component as `config/default` references it (and as

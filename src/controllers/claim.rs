@@ -4,11 +4,13 @@
 //!    backend's (controller owner reference and backend label, so its Service selects it). Two
 //!    backends racing for a pod: one patch wins, the other gets 409 and tries the next pod. The
 //!    pod never goes back: the pool controller only counts pods it controls.
-//! 2. [`hand_over`]: with token auth, the controller draws the backend's token, hands it to the
-//!    pod's sidecar (`POST /claim` on its admin port, with the pod's claim key), writes it to the
-//!    backend's Secret (where clients read it), and marks the pod as handed over. Interrupted
-//!    anywhere, the next reconcile starts the hand-over again with a new token: no client can
-//!    have seen the old one, since the backend is Ready only once the pod is marked.
+//! 2. [`hand_over`]: the controller claims the pod's sidecar (`POST /claim` on its admin port,
+//!    with the pod's claim key), handing it the backend's token with token auth (and writing
+//!    that to the backend's Secret, where clients read it), and marks the pod as handed over.
+//!    The sidecar counts idle time from the claim, and the sweeper follows the pod only once it
+//!    is marked. Interrupted anywhere, the next reconcile starts the hand-over again with a new
+//!    token: no client can have seen the old one, since the backend is Ready only once the pod
+//!    is marked.
 //!
 //! A claimed pod is found again by its backend label and owner ([`claimed_pod`]): its name is
 //! the warm pod's, not the backend's.
@@ -32,8 +34,7 @@ use crate::controllers::{Error, secret};
 use crate::crd::{AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool};
 use crate::names;
 
-/// Annotation on a claimed pod: the uid of the backend whose token its sidecar holds.
-pub const HANDED_OVER_ANNOTATION: &str = "spawner.dev/handed-over";
+pub use crate::names::HANDED_OVER_ANNOTATION;
 /// How long the sidecar gets to answer a claim.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -130,14 +131,15 @@ pub async fn take(
     Ok(None)
 }
 
-/// Hands the backend's token to its claimed pod's sidecar and to the backend's Secret, then
-/// marks the pod; returns the marked pod. Nothing to do for a pod already marked, a pod made
-/// cold, or a backend without token auth (`shaped` is the backend as its pod is made).
+/// Claims the pod's sidecar for the backend (handing it the backend's token, with token auth,
+/// and writing that to the backend's Secret), then marks the pod; returns the marked pod.
+/// Nothing to do for a pod already marked, a pod made cold, or a pod without a sidecar
+/// (`shaped` is the backend as its pod is made).
 pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, namespace: &str) -> Result<Pod, Error> {
-    let token_auth = shaped.spec.sidecar.inject && shaped.spec.auth.mode == AuthMode::Token;
-    if !token_auth || !is_warm(&pod) || handed_over(&pod, shaped) {
+    if !shaped.spec.sidecar.inject || !is_warm(&pod) || handed_over(&pod, shaped) {
         return Ok(pod);
     }
+    let token_auth = shaped.spec.auth.mode == AuthMode::Token;
     let backend_id = id(shaped);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).ok_or_else(|| Error::Claim {
@@ -145,10 +147,10 @@ pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, na
         pod: pod.name_any(),
         message: "the pod has no IP".into(),
     })?;
-    let token = secret::new_token();
+    let token = token_auth.then(secret::new_token);
     let key = ctx.config.claim_keys.for_pod(namespace, &pod.name_any());
     let uid = shaped.metadata.uid.clone().unwrap_or_default();
-    match push(&ip, &key, &uid, &token).await {
+    match push(&ip, &key, &uid, token.as_deref()).await {
         Ok(()) => {}
         Err(Push::Refused(401)) => {
             // A pod this process cannot claim (made with another controller key): it has
@@ -167,15 +169,17 @@ pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, na
         Err(e) => return Err(Error::Claim { backend: backend_id, pod: pod.name_any(), message: e.to_string() }),
     }
 
-    let mut secret = secret::build_secret(shaped);
-    secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.into_bytes()))]));
-    // Replaced if an interrupted hand-over wrote one before: so not immutable.
-    secret.immutable = None;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    secrets
-        .patch(&shaped.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-        .await
-        .map_err(|e| Error::api("apply", "Secret", &backend_id, e))?;
+    if let Some(token) = token {
+        let mut secret = secret::build_secret(shaped);
+        secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.into_bytes()))]));
+        // Replaced if an interrupted hand-over wrote one before: so not immutable.
+        secret.immutable = None;
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        secrets
+            .patch(&shaped.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .map_err(|e| Error::api("apply", "Secret", &backend_id, e))?;
+    }
 
     let mark = json!({"metadata": {"annotations": {HANDED_OVER_ANNOTATION: uid}}});
     pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&mark))
@@ -193,7 +197,7 @@ enum Push {
 }
 
 /// `POST /claim` to the sidecar's admin port at `ip`.
-async fn push(ip: &str, key: &str, backend_uid: &str, token: &str) -> Result<(), Push> {
+async fn push(ip: &str, key: &str, backend_uid: &str, token: Option<&str>) -> Result<(), Push> {
     let addr = format!("{ip}:{}", names::SIDECAR_ADMIN_PORT);
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| Push::Unreachable(e.to_string()))?;

@@ -31,8 +31,7 @@ use crate::crd::{
 };
 use crate::names;
 
-/// Label naming the pool a warm pod belongs to.
-pub const POOL_LABEL: &str = "spawner.dev/pool";
+pub use crate::names::POOL_LABEL;
 /// Label with the hash of the pod-shaping fields (and sidecar image) a warm pod was made from.
 pub const TEMPLATE_LABEL: &str = "spawner.dev/pool-template";
 
@@ -175,7 +174,7 @@ pub fn template_hash(pool: &SessionLivedBackendPool, config: &Config) -> String 
 fn warm_pod(pool: &SessionLivedBackendPool, config: &Config, name: &str, hash: &str) -> (Pod, Option<Secret>) {
     // Built as the pod of a backend named like the pod, then relabelled and re-owned: the pod
     // is exactly what a cold backend of the same spec would get.
-    let stand_in = SessionLivedBackend {
+    let mut stand_in = SessionLivedBackend {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_string()),
             namespace: pool.namespace(),
@@ -184,6 +183,12 @@ fn warm_pod(pool: &SessionLivedBackendPool, config: &Config, name: &str, hash: &
         spec: pool.spec.backend_spec(),
         status: None,
     };
+    // Every warm pod with a sidecar waits for its claim, auth or not: it mounts a Secret (with
+    // the claim key in the token's place), as a token-auth pod would.
+    let claimable = stand_in.spec.sidecar.inject;
+    if claimable {
+        stand_in.spec.auth.mode = AuthMode::Token;
+    }
     let mut pod = pod::build_pod(&stand_in, &config.sidecar);
     let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
     labels.remove(names::BACKEND_LABEL);
@@ -191,10 +196,7 @@ fn warm_pod(pool: &SessionLivedBackendPool, config: &Config, name: &str, hash: &
     labels.insert(TEMPLATE_LABEL.to_string(), hash.to_string());
     pod.metadata.owner_references =
         pool.controller_owner_ref(&()).map(|r| vec![OwnerReference { block_owner_deletion: Some(true), ..r }]);
-    // With token auth the sidecar waits for its claim instead of reading a token: it gets the
-    // pod's claim key in the token's place.
-    let token = pool.spec.sidecar.inject && pool.spec.auth.mode == AuthMode::Token;
-    let secret = token.then(|| {
+    let secret = claimable.then(|| {
         pod::expect_claim(&mut pod);
         let claim_key = config.claim_keys.for_pod(&pool.namespace().unwrap_or_default(), name);
         let mut secret = secret::build_secret(&stand_in);

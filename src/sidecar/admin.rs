@@ -99,6 +99,9 @@ impl Admin {
         match claim.claim(&key, &request) {
             Ok(()) => {
                 tracing::info!(backend = %request.backend, "claimed");
+                // The session starts now: idle time before the claim is the pool's, not the
+                // backend's.
+                self.tracker.restart_idle();
                 text(StatusCode::OK, "claimed\n")
             }
             Err(Refusal::BadKey) => text(StatusCode::UNAUTHORIZED, "wrong or missing claim key\n"),

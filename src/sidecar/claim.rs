@@ -1,9 +1,10 @@
 //! Who may use the public port, and how a warm pod's sidecar learns its backend's token.
 //!
-//! A pool's warm pod starts with no token: its sidecar answers every public request 503 until
-//! the controller claims it with `POST /claim` on the admin port, presenting the pod's claim key
-//! (mounted from the warm pod's Secret) and handing over the backend's token. From then on it
-//! checks that token exactly as a cold backend's sidecar does. The token is never on disk and
+//! A pool's warm pod starts unclaimed: its sidecar answers every public request 503 until the
+//! controller claims it with `POST /claim` on the admin port, presenting the pod's claim key
+//! (mounted from the warm pod's Secret) and handing over the backend's token (none for a backend
+//! without auth). From then on it checks that token exactly as a cold backend's sidecar does,
+//! and its idle time counts from the claim: the session starts there, not when the pod did. The token is never on disk and
 //! never in the pod spec; a pod is claimed by one backend for life (a second claim for the same
 //! backend replaces the token, which the controller does only when it lost the first one before
 //! handing it out; a claim for another backend is refused).
@@ -34,8 +35,18 @@ pub enum Access {
 pub struct ClaimRequest {
     /// The claiming backend's uid.
     pub backend: String,
-    /// The backend's token.
-    pub token: String,
+    /// The backend's token; absent for a backend without auth (anyone may then connect).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Who may use the public port of a claimed pod.
+#[derive(Debug)]
+pub enum Claimed {
+    /// Holders of the backend's token.
+    Token(Arc<Auth>),
+    /// Anyone (the backend has no auth).
+    Open,
 }
 
 /// Why a claim was refused.
@@ -52,7 +63,7 @@ pub enum Refusal {
 /// A warm pod's claim state.
 pub struct Claim {
     key: Auth,
-    claimed: RwLock<Option<(String, Arc<Auth>)>>,
+    claimed: RwLock<Option<(String, Arc<Claimed>)>>,
 }
 
 impl std::fmt::Debug for Claim {
@@ -72,9 +83,9 @@ impl Claim {
         Ok(Self { key: Auth::new(key)?, claimed: RwLock::new(None) })
     }
 
-    /// The token's checker once claimed.
-    pub fn current(&self) -> Option<Arc<Auth>> {
-        self.claimed.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, auth)| auth.clone())
+    /// Who may connect, once claimed.
+    pub fn current(&self) -> Option<Arc<Claimed>> {
+        self.claimed.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, claimed)| claimed.clone())
     }
 
     /// Claims the pod for `request.backend` if `key` is the claim key.
@@ -82,12 +93,15 @@ impl Claim {
         if !self.key.is(key) {
             return Err(Refusal::BadKey);
         }
-        let auth = Auth::new(&request.token).map_err(|_| Refusal::BadToken)?;
+        let access = match &request.token {
+            Some(token) => Claimed::Token(Arc::new(Auth::new(token).map_err(|_| Refusal::BadToken)?)),
+            None => Claimed::Open,
+        };
         let mut claimed = self.claimed.write().unwrap_or_else(|e| e.into_inner());
         if claimed.as_ref().is_some_and(|(backend, _)| *backend != request.backend) {
             return Err(Refusal::OtherBackend);
         }
-        *claimed = Some((request.backend.clone(), Arc::new(auth)));
+        *claimed = Some((request.backend.clone(), Arc::new(access)));
         Ok(())
     }
 }
@@ -97,7 +111,14 @@ mod tests {
     use super::*;
 
     fn request(backend: &str, token: &str) -> ClaimRequest {
-        ClaimRequest { backend: backend.into(), token: token.into() }
+        ClaimRequest { backend: backend.into(), token: Some(token.into()) }
+    }
+
+    fn token_of(claim: &Claim) -> Arc<Auth> {
+        match &*claim.current().expect("claimed") {
+            Claimed::Token(auth) => auth.clone(),
+            Claimed::Open => panic!("claimed without a token"),
+        }
     }
 
     #[test]
@@ -107,7 +128,7 @@ mod tests {
         assert_eq!(claim.claim(b"wrong", &request("uid-a", "token-a")), Err(Refusal::BadKey));
         assert!(claim.current().is_none());
         claim.claim(b"claim-key", &request("uid-a", "token-a")).unwrap();
-        let auth = claim.current().expect("claimed");
+        let auth = token_of(&claim);
         assert!(auth.is(b"token-a") && !auth.is(b"claim-key"));
     }
 
@@ -116,9 +137,9 @@ mod tests {
         let claim = Claim::new("k").unwrap();
         claim.claim(b"k", &request("uid-a", "token-a")).unwrap();
         assert_eq!(claim.claim(b"k", &request("uid-b", "token-b")), Err(Refusal::OtherBackend));
-        assert!(claim.current().unwrap().is(b"token-a"));
+        assert!(token_of(&claim).is(b"token-a"));
         claim.claim(b"k", &request("uid-a", "token-a2")).unwrap();
-        assert!(claim.current().unwrap().is(b"token-a2") && !claim.current().unwrap().is(b"token-a"));
+        assert!(token_of(&claim).is(b"token-a2") && !token_of(&claim).is(b"token-a"));
     }
 
     #[test]
@@ -127,5 +148,12 @@ mod tests {
         assert_eq!(claim.claim(b"k", &request("uid-a", "has space")), Err(Refusal::BadToken));
         assert_eq!(claim.claim(b"k", &request("uid-a", "")), Err(Refusal::BadToken));
         assert!(claim.current().is_none());
+    }
+
+    #[test]
+    fn a_backend_without_auth_claims_with_no_token_and_is_open() {
+        let claim = Claim::new("k").unwrap();
+        claim.claim(b"k", &ClaimRequest { backend: "uid-a".into(), token: None }).unwrap();
+        assert!(matches!(*claim.current().unwrap(), Claimed::Open));
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Verdict;
 use super::body::ProxyBody;
-use super::claim::Access;
+use super::claim::{Access, Claimed};
 use super::framing::BothLengths;
 use super::headers;
 use super::metrics::Metrics;
@@ -118,9 +118,12 @@ impl Proxy {
             Access::Open => None,
             Access::Token(auth) => Some(auth),
             Access::Claimable(claim) => match claim.current() {
-                Some(auth) => {
-                    claimed = auth;
-                    Some(&*claimed)
+                Some(access) => {
+                    claimed = access;
+                    match &*claimed {
+                        Claimed::Token(auth) => Some(&**auth),
+                        Claimed::Open => None,
+                    }
                 }
                 None => {
                     self.metrics.unauthorized.inc();

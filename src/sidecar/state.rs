@@ -80,6 +80,16 @@ impl Tracker {
         });
     }
 
+    /// Counts idle time from now (a warm pod just claimed), unless the app is not ready yet
+    /// (then it counts from readiness, as always) or connections are open.
+    pub fn restart_idle(&self) {
+        self.tx.send_modify(|s| {
+            if s.idle_since.is_some() && s.connections == 0 {
+                s.idle_since = Some(Instant::now());
+            }
+        });
+    }
+
     /// Count one live connection until the returned guard is dropped.
     pub fn connect(&self) -> ConnGuard {
         self.tx.send_modify(|s| s.connections += 1);
@@ -137,6 +147,19 @@ mod tests {
         let snap = tracker.snapshot();
         assert_eq!(snap.connections, 0);
         assert!(snap.idle_since.unwrap() >= before_end);
+    }
+
+    #[test]
+    fn a_claim_restarts_the_idle_time() {
+        let tracker = Tracker::new();
+        tracker.set_ready(true);
+        let ready_at = tracker.snapshot().idle_since.unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        tracker.restart_idle();
+        assert!(tracker.snapshot().idle_since.unwrap() >= ready_at + Duration::from_millis(20));
+        let unready = Tracker::new();
+        unready.restart_idle();
+        assert_eq!(unready.snapshot().idle_since, None, "counts from readiness, as always");
     }
 
     #[test]

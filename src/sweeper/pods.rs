@@ -59,6 +59,13 @@ pub fn classify(pod: &Pod) -> PodView {
         return PodView::Wait;
     }
     let Some(backend) = owner(pod) else { return PodView::Wait };
+    // A pool's pod claimed a moment ago: its sidecar's idle time is the pool's until the
+    // controller has handed it over (which restarts it).
+    if pod.labels().contains_key(names::POOL_LABEL)
+        && pod.annotations().get(names::HANDED_OVER_ANNOTATION) != Some(&backend.uid)
+    {
+        return PodView::Wait;
+    }
     let grace =
         pod.annotations().get(GRACE_PERIOD_ANNOTATION).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
     PodView::Follow { backend, ip, grace }
@@ -284,6 +291,17 @@ mod tests {
     #[test]
     fn a_running_backend_pod_with_a_sidecar_is_followed() {
         assert_eq!(classify(&backend_pod()), followed(None));
+    }
+
+    #[test]
+    fn a_claimed_warm_pod_is_followed_only_once_handed_over_to_its_backend() {
+        let mut pod = backend_pod();
+        pod.labels_mut().insert(names::POOL_LABEL.into(), "lobby".into());
+        assert_eq!(classify(&pod), PodView::Wait, "claimed, not handed over: the idle time is the pool's");
+        pod.annotations_mut().insert(names::HANDED_OVER_ANNOTATION.into(), "another-backend-uid".into());
+        assert_eq!(classify(&pod), PodView::Wait);
+        pod.annotations_mut().insert(names::HANDED_OVER_ANNOTATION.into(), "backend-uid".into());
+        assert_eq!(classify(&pod), followed(None));
     }
 
     #[test]

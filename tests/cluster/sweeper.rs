@@ -121,6 +121,54 @@ async fn e2e_sweeper_keeps_a_connected_backend_and_sweeps_it_after_the_connectio
 }
 
 #[tokio::test]
+async fn e2e_sweeper_never_sweeps_a_warm_pod_and_sweeps_a_claimed_idle_one() {
+    use spawner::crd::SessionLivedBackendPool;
+    let env = TestEnv::new("sweeper-pool").await;
+    let grace = 3;
+    let pool: SessionLivedBackendPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": "idle"},
+        "spec": {
+            "size": 1, "gracePeriodSeconds": grace, "auth": {"mode": "None"},
+            "template": {"containers": [{"name": "application", "image": names::image("demo-drop-four")}]},
+        },
+    }))
+    .unwrap();
+    let pools: Api<SessionLivedBackendPool> = env.api();
+    pools.create(&PostParams::default(), &pool).await.expect("creating the pool");
+    let full = |p: Option<&SessionLivedBackendPool>| p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.ready == 1);
+    support::wait_for(&pools, "idle", full, support::READY_WITHIN).await;
+    let warm_pods = || async {
+        let pods: Api<Pod> = env.api();
+        let listed = pods.list(&ListParams::default().labels("spawner.dev/pool=idle")).await.unwrap().items;
+        listed.iter().map(|p| p.uid().unwrap()).collect::<Vec<_>>()
+    };
+    let warm = warm_pods().await;
+
+    // Nobody connects to a warm pod; well past its grace period it is still there, unswept.
+    tokio::time::sleep(Duration::from_secs(grace as u64 + 5)).await;
+    assert_eq!(warm_pods().await, warm, "the warm pod was swept or replaced");
+
+    // Claimed by a backend nobody connects to, it is swept like any backend.
+    let claiming: SessionLivedBackend = serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "metadata": {"name": "claimer"},
+        "spec": {"poolRef": {"name": "idle"}},
+    }))
+    .unwrap();
+    let api: Api<SessionLivedBackend> = env.api();
+    let backend = api.create(&PostParams::default(), &claiming).await.expect("creating the backend");
+    wait_swept(&env, &backend, support::READY_WITHIN + Duration::from_secs(grace as u64 + 5)).await;
+    // Its idle time counts from the claim, not from when the warm pod started (grace + 5 s
+    // before): the session starts at the claim.
+    let note = sweep_event(&env, &backend).await.note.unwrap_or_default();
+    let idle: i64 = note
+        .strip_prefix("No live connection for ")
+        .and_then(|rest| rest.split_once('s'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected note: {note}"));
+    assert!((grace..=grace + 2).contains(&idle), "swept after {idle}s idle (grace {grace}s, counted from the claim)");
+}
+
+#[tokio::test]
 async fn e2e_a_restarted_sweeper_loses_no_idle_time() {
     let env = TestEnv::new("sweeper-restart").await;
     let grace = 30;

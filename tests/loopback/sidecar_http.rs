@@ -504,7 +504,10 @@ async fn the_event_stream_serves_many_clients_and_a_stalled_one_does_not_slow_th
 
 /// `POST /claim` on the admin port, as the controller sends it; the raw response.
 async fn claim(admin: std::net::SocketAddr, key: &str, backend: &str, token: &str) -> String {
-    let body = format!(r#"{{"backend":"{backend}","token":"{token}"}}"#);
+    claim_with(admin, key, &format!(r#"{{"backend":"{backend}","token":"{token}"}}"#)).await
+}
+
+async fn claim_with(admin: std::net::SocketAddr, key: &str, body: &str) -> String {
     let request = format!(
         "POST /claim HTTP/1.1\r\nHost: sidecar\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -555,4 +558,20 @@ async fn a_sidecar_with_a_token_is_not_claimable() {
     assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
     let ok = get_with(sidecar.proxy, "/echo-request", &[("authorization", "Bearer tok-1")]).await.unwrap();
     assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_claim_without_a_token_opens_the_pod_and_restarts_its_idle_time() {
+    let key = token_file("claim-key-2\n");
+    let (_app, sidecar) = app_and_sidecar(&["--claim-key-file", key.path()]).await;
+    let mut events = sidecar.events().await;
+    // Idle since it became ready, well before the claim.
+    let before = events.until(|s| s.idle_ms.is_some_and(|ms| ms >= 1500)).await;
+    assert_eq!(get(sidecar.proxy, "/").await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let claimed = claim_with(sidecar.admin, "claim-key-2", r#"{"backend":"uid-open"}"#).await;
+    assert!(claimed.starts_with("HTTP/1.1 200"), "{claimed}");
+    let after = events.until(|s| s.idle_ms.is_some_and(|ms| ms < 1000)).await;
+    assert!(after.idle_ms < before.idle_ms, "the session's idle time starts at the claim");
+    assert_eq!(get(sidecar.proxy, "/").await.unwrap().status, StatusCode::OK, "no auth: open to anyone");
 }
