@@ -139,10 +139,23 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
             let message = format!("created pod {name}");
             publish(&ctx, &backend, EventType::Normal, reason::POD_CREATED, message).await;
         }
-        (PodOutcome::Created(_), Some(pool)) => {
+        (PodOutcome::Created(_), Some(pool_ref)) => {
             ctx.metrics.pool_empty.inc();
-            let message = format!("no warm pod left in pool {}: started pod {name} from its template", pool.name);
+            let message = format!("no warm pod left in pool {}: started pod {name} from its template", pool_ref.name);
             publish(&ctx, &backend, EventType::Normal, reason::COLD_START, message).await;
+            if let Some(pool) = &pool {
+                let note = format!("backend {name} found no warm pod and started cold; consider a larger spec.size");
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: reason::POOL_EMPTY.to_string(),
+                    note: Some(note),
+                    action: "Claim".to_string(),
+                    secondary: Some(backend.object_ref(&())),
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+                    warn!(pool = %pool.name_any(), error = %e, "failed to publish Event");
+                }
+            }
         }
         (PodOutcome::Claimed(pod), Some(pool)) => {
             let message = format!("took warm pod {} from pool {}", pod.name_any(), pool.name);

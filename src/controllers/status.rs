@@ -39,6 +39,7 @@ pub mod reason {
     pub const POOL_NOT_FOUND: &str = "PoolNotFound";
     pub const CLAIMED: &str = "Claimed";
     pub const COLD_START: &str = "ColdStart";
+    pub const POOL_EMPTY: &str = "PoolEmpty";
 }
 
 /// What the controller knows about the backend's pod.

@@ -291,6 +291,8 @@ async fn concurrent_claims_never_share_a_pod_and_the_rest_start_cold() {
         let reason = if backend == pod { "ColdStart" } else { "Claimed" };
         wait_for_event(&env, backend, reason, WAIT).await;
     }
+    // The pool says it ran dry.
+    wait_for_event(&env, "race", "PoolEmpty", WAIT).await;
 }
 
 #[tokio::test]
