@@ -65,6 +65,15 @@ async fn sweep_event(env: &TestEnv, backend: &SessionLivedBackend) -> Event {
     }
 }
 
+/// The sweeper's own measurement in its Event: idle time at the sweep, in whole seconds.
+fn idle_at_sweep(event: &Event) -> i64 {
+    let note = event.note.as_deref().unwrap_or_default();
+    note.strip_prefix("No live connection for ")
+        .and_then(|rest| rest.split_once('s'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected note: {note}"))
+}
+
 fn websocket_url(backend: &SessionLivedBackend) -> String {
     let url = backend.status.as_ref().and_then(|s| s.url.clone()).expect("a Ready backend has a URL");
     format!("{}ws", url.replacen("http", "ws", 1))
@@ -87,15 +96,10 @@ async fn e2e_sweeper_deletes_an_idle_backend_after_its_grace_period_and_says_why
 
     let event = sweep_event(&env, &backend).await;
     assert_eq!(event.reporting_controller.as_deref(), Some(names::SWEEPER));
-    let note = event.note.unwrap_or_default();
-    // The sweeper's own measurement: idle time at the sweep, in whole seconds. Lateness under a
-    // second (the precision requirement) shows as exactly the grace period; one more
-    // second is tolerated for a sidecar that came up after the sweeper's first connect attempts.
-    let idle: i64 = note
-        .strip_prefix("No live connection for ")
-        .and_then(|rest| rest.split_once('s'))
-        .and_then(|(n, _)| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected note: {note}"));
+    // Lateness under a second (the precision requirement) shows as exactly the grace
+    // period; one more second is tolerated for a sidecar that came up after the sweeper's first
+    // connect attempts.
+    let idle = idle_at_sweep(&event);
     assert!((grace..=grace + 2).contains(&idle), "swept after {idle}s idle (grace {grace}s)");
     assert_eq!(event.regarding.and_then(|r| r.uid), backend.uid());
 }
@@ -159,12 +163,7 @@ async fn e2e_sweeper_never_sweeps_a_warm_pod_and_sweeps_a_claimed_idle_one() {
     wait_swept(&env, &backend, support::READY_WITHIN + Duration::from_secs(grace as u64 + 5)).await;
     // Its idle time counts from the claim, not from when the warm pod started (grace + 5 s
     // before): the session starts at the claim.
-    let note = sweep_event(&env, &backend).await.note.unwrap_or_default();
-    let idle: i64 = note
-        .strip_prefix("No live connection for ")
-        .and_then(|rest| rest.split_once('s'))
-        .and_then(|(n, _)| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected note: {note}"));
+    let idle = idle_at_sweep(&sweep_event(&env, &backend).await);
     assert!((grace..=grace + 2).contains(&idle), "swept after {idle}s idle (grace {grace}s, counted from the claim)");
 }
 
