@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 
 use crate::controllers::children::Caches;
 use crate::controllers::claim_key::ClaimKeys;
@@ -100,6 +101,27 @@ impl Context {
 
     pub fn now(&self) -> Timestamp {
         (self.clock)()
+    }
+
+    /// Publishes an Event on `object` (a backend or a pool). A lost Event is logged, never
+    /// fatal: it must not stop a reconciliation.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(object = %object.name_any(), reason, error = %e, "failed to publish Event");
+        }
     }
 
     /// Records one more failure of `key` and returns how many in a row.

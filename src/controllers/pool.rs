@@ -17,11 +17,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::controllers::context::Config;
 use crate::controllers::context::Context;
@@ -82,11 +82,11 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
     }
     if plan.stale > 0 {
         let note = format!("replacing {} warm pods made from an older template", plan.stale);
-        publish(&ctx, &pool, reason::WARM_PODS_REPLACED, note).await;
+        ctx.publish(&*pool, EventType::Normal, reason::WARM_PODS_REPLACED, note).await;
     }
     if created > 0 {
         info!(pool = %id, created, "started warm pods");
-        publish(&ctx, &pool, reason::WARM_PODS_CREATED, format!("started {created} warm pods")).await;
+        ctx.publish(&*pool, EventType::Normal, reason::WARM_PODS_CREATED, format!("started {created} warm pods")).await;
     }
     Ok(Action::await_change())
 }
@@ -150,10 +150,7 @@ fn count<'a>(pods: impl Iterator<Item = &'a Pod>) -> i32 {
 }
 
 pub fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    crate::controllers::status::pod_condition_true(pod.status.as_ref().and_then(|s| s.conditions.as_deref()), "Ready")
 }
 
 /// A hash of everything a warm pod is made from: the pool's pod-shaping fields, the sidecar
@@ -291,19 +288,6 @@ async fn write_status(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(Error::api("patch status of", "SessionLivedBackendPool", id, e)),
-    }
-}
-
-async fn publish(ctx: &Context, pool: &SessionLivedBackendPool, reason: &str, note: String) {
-    let event = Event {
-        type_: EventType::Normal,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        warn!(pool = %pool.name_any(), reason, error = %e, "failed to publish Event");
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -39,7 +39,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
 
     if !deleting && let Some(expiry) = lifetime::expiry(&backend, now, ctx.config.failed_retention) {
         info!(backend = %id, reason = expiry.reason, "deleting backend");
-        publish(&ctx, &backend, EventType::Normal, expiry.reason, expiry.message).await;
+        ctx.publish(&*backend, EventType::Normal, expiry.reason, expiry.message).await;
         delete_backend(&ctx, &backend, &namespace).await?;
         ctx.succeeded(&id);
         return Ok(Action::await_change());
@@ -137,29 +137,20 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     match (&outcome, &backend.spec.pool_ref) {
         (PodOutcome::Created(_), None) => {
             let message = format!("created pod {name}");
-            publish(&ctx, &backend, EventType::Normal, reason::POD_CREATED, message).await;
+            ctx.publish(&*backend, EventType::Normal, reason::POD_CREATED, message).await;
         }
         (PodOutcome::Created(_), Some(pool_ref)) => {
             ctx.metrics.pool_empty.inc();
             let message = format!("no warm pod left in pool {}: started pod {name} from its template", pool_ref.name);
-            publish(&ctx, &backend, EventType::Normal, reason::COLD_START, message).await;
+            ctx.publish(&*backend, EventType::Normal, reason::COLD_START, message).await;
             if let Some(pool) = &pool {
                 let note = format!("backend {name} found no warm pod and started cold; consider a larger spec.size");
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: reason::POOL_EMPTY.to_string(),
-                    note: Some(note),
-                    action: "Claim".to_string(),
-                    secondary: Some(backend.object_ref(&())),
-                };
-                if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-                    warn!(pool = %pool.name_any(), error = %e, "failed to publish Event");
-                }
+                ctx.publish(pool, EventType::Warning, reason::POOL_EMPTY, note).await;
             }
         }
         (PodOutcome::Claimed(pod), Some(pool)) => {
             let message = format!("took warm pod {} from pool {}", pod.name_any(), pool.name);
-            publish(&ctx, &backend, EventType::Normal, reason::CLAIMED, message).await;
+            ctx.publish(&*backend, EventType::Normal, reason::CLAIMED, message).await;
         }
         _ => {}
     }
@@ -171,7 +162,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
         {
             ctx.metrics.backend_ready(after);
         }
-        publish(&ctx, &backend, t.type_, t.reason, t.message).await;
+        ctx.publish(&*backend, t.type_, t.reason, t.message).await;
     }
 
     ctx.succeeded(&id);
@@ -230,7 +221,7 @@ async fn wait_for_pool(
         write_status(ctx, backend, namespace, &status, id).await?;
     }
     for t in transitions {
-        publish(ctx, backend, t.type_, t.reason, t.message).await;
+        ctx.publish(backend, t.type_, t.reason, t.message).await;
     }
     ctx.succeeded(id);
     Ok(Action::requeue(POOL_RETRY))
@@ -327,15 +318,5 @@ async fn delete_backend(ctx: &Context, backend: &SessionLivedBackend, namespace:
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
         Err(e) => Err(Error::api("delete", "SessionLivedBackend", &format!("{namespace}/{}", backend.name_any()), e)),
-    }
-}
-
-/// Publishes an Event on the backend. A lost Event is logged, never fatal: it must not stop
-/// the pod from being created or the status from being written.
-async fn publish(ctx: &Context, backend: &SessionLivedBackend, type_: EventType, reason: &str, note: String) {
-    let event =
-        Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".to_string(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &backend.object_ref(&())).await {
-        warn!(backend = %backend.name_any(), reason, error = %e, "failed to publish Event");
     }
 }

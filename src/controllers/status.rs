@@ -384,7 +384,7 @@ fn pod_condition<'a>(
     conditions?.iter().find(|c| c.type_ == type_)
 }
 
-fn pod_condition_true(conditions: Option<&[k8s_openapi::api::core::v1::PodCondition]>, type_: &str) -> bool {
+pub(crate) fn pod_condition_true(conditions: Option<&[k8s_openapi::api::core::v1::PodCondition]>, type_: &str) -> bool {
     pod_condition(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
