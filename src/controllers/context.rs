@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
+use kube::api::{Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
+use crate::controllers::Error;
 use crate::controllers::children::Caches;
 use crate::controllers::claim_key::ClaimKeys;
 use crate::controllers::metrics::Metrics;
 use crate::controllers::pod::SidecarConfig;
+use crate::crd::FIELD_MANAGER;
 use crate::crd::SessionLivedBackendPool;
 
 /// Default base of the URLs in `status.url` (the local cluster's NodePort).
@@ -121,6 +125,31 @@ impl Context {
         };
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(object = %object.name_any(), reason, error = %e, "failed to publish Event");
+        }
+    }
+
+    /// Writes `status` as the status of `object`, a `kind` (server-side apply, Spawner's field
+    /// manager). An object deleted meanwhile is not an error: there is nothing left to report on.
+    pub async fn apply_status<K>(
+        &self,
+        object: &K,
+        kind: &'static str,
+        status: &impl serde::Serialize,
+        id: &str,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(Error::Api { action: "patch status of", kind, backend: id.to_string(), source: e }),
         }
     }
 

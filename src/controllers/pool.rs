@@ -14,20 +14,20 @@ use std::sync::Arc;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
-use serde_json::json;
 use tracing::info;
 
 use crate::controllers::context::Config;
 use crate::controllers::context::Context;
+use crate::controllers::status::{self, Cause};
 use crate::controllers::{Error, network_policy, pod, secret};
 use crate::crd::{
-    AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolStatus,
+    AuthMode, ConditionType, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool, SessionLivedBackendPoolStatus,
 };
 use crate::names;
 
@@ -74,11 +74,11 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
     let status = SessionLivedBackendPoolStatus {
         ready: plan.ready,
         starting: plan.starting + i32::try_from(created).unwrap_or(i32::MAX),
-        conditions: vec![ready_condition(&pool, plan.ready)],
+        conditions: vec![ready_condition(&pool, plan.ready, &ctx)],
         observed_generation: pool.metadata.generation,
     };
-    if pool.status.as_ref().map(comparable) != Some(comparable(&status)) {
-        write_status(&ctx, &pool, &namespace, status, &id).await?;
+    if pool.status.as_ref() != Some(&status) {
+        ctx.apply_status(&*pool, "SessionLivedBackendPool", &status, &id).await?;
     }
     if plan.stale > 0 {
         let note = format!("replacing {} warm pods made from an older template", plan.stale);
@@ -242,59 +242,21 @@ fn suffix() -> String {
     (0..5).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
 }
 
-fn ready_condition(pool: &SessionLivedBackendPool, ready: i32) -> Condition {
+fn ready_condition(pool: &SessionLivedBackendPool, ready: i32, ctx: &Context) -> Condition {
     let full = ready >= pool.spec.size;
-    Condition {
-        type_: "Ready".into(),
-        status: if full { "True" } else { "False" }.into(),
+    let cause = Cause {
         reason: if full { "Full" } else { "Filling" }.into(),
         message: format!("{ready} of {} warm pods Ready", pool.spec.size),
-        observed_generation: pool.metadata.generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-    }
-}
-
-/// The status without condition timestamps, to tell whether anything changed.
-fn comparable(status: &SessionLivedBackendPoolStatus) -> SessionLivedBackendPoolStatus {
-    let mut status = status.clone();
-    for c in &mut status.conditions {
-        c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    }
-    status
-}
-
-async fn write_status(
-    ctx: &Context,
-    pool: &SessionLivedBackendPool,
-    namespace: &str,
-    mut status: SessionLivedBackendPoolStatus,
-    id: &str,
-) -> Result<(), Error> {
-    // A condition keeps its transition time while its status stays the same.
-    if let Some(old) = pool.status.as_ref() {
-        for c in &mut status.conditions {
-            if let Some(o) = old.conditions.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
-                c.last_transition_time = o.last_transition_time.clone();
-            }
-        }
-    }
-    let api: Api<SessionLivedBackendPool> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "apiVersion": SessionLivedBackendPool::api_version(&()),
-        "kind": SessionLivedBackendPool::kind(&()),
-        "status": status,
-    });
-    match api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-        Err(e) => Err(Error::api("patch status of", "SessionLivedBackendPool", id, e)),
-    }
+    };
+    let old = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    status::condition(old, ConditionType::Ready, full, cause, pool.metadata.generation, ctx.now())
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use serde_json::json;
 
     use super::*;
     use crate::crd::SessionLivedBackendPoolSpec;

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::controllers::children::{self, Found};
@@ -18,7 +17,7 @@ use crate::controllers::claim;
 use crate::controllers::context::Context;
 use crate::controllers::status::{PodView, derive_status, reason};
 use crate::controllers::{Error, lifetime, network_policy};
-use crate::crd::{FIELD_MANAGER, Phase, SessionLivedBackend, SessionLivedBackendPool};
+use crate::crd::{Phase, SessionLivedBackend, SessionLivedBackendPool};
 
 /// How soon to look again while an old child of the same name (from a deleted backend) is
 /// being garbage-collected.
@@ -132,7 +131,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     let (status, transitions) = derive_status(shaped, view, now, &ctx.config.base_url);
 
     if backend.status.as_ref() != Some(&status) {
-        write_status(&ctx, &backend, &namespace, &status, &id).await?;
+        ctx.apply_status(&*backend, "SessionLivedBackend", &status, &id).await?;
     }
     match (&outcome, &backend.spec.pool_ref) {
         (PodOutcome::Created(_), None) => {
@@ -218,7 +217,7 @@ async fn wait_for_pool(
     let view = PodView::Waiting { reason: reason::POOL_NOT_FOUND, message: &message };
     let (status, transitions) = derive_status(backend, view, ctx.now(), &ctx.config.base_url);
     if backend.status.as_ref() != Some(&status) {
-        write_status(ctx, backend, namespace, &status, id).await?;
+        ctx.apply_status(backend, "SessionLivedBackend", &status, id).await?;
     }
     for t in transitions {
         ctx.publish(backend, t.type_, t.reason, t.message).await;
@@ -283,28 +282,6 @@ fn had_pod(backend: &SessionLivedBackend) -> bool {
     backend.status.as_ref().is_some_and(|s| {
         s.started_at.is_some() || matches!(s.phase, Some(Phase::Scheduled | Phase::Running | Phase::Ready))
     })
-}
-
-async fn write_status(
-    ctx: &Context,
-    backend: &SessionLivedBackend,
-    namespace: &str,
-    status: &crate::crd::SessionLivedBackendStatus,
-    id: &str,
-) -> Result<(), Error> {
-    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "apiVersion": SessionLivedBackend::api_version(&()),
-        "kind": SessionLivedBackend::kind(&()),
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    match api.patch_status(&backend.name_any(), &params, &Patch::Apply(&patch)).await {
-        Ok(_) => Ok(()),
-        // Deleted meanwhile: nothing left to report on.
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-        Err(e) => Err(Error::api("patch status of", "SessionLivedBackend", id, e)),
-    }
 }
 
 async fn delete_backend(ctx: &Context, backend: &SessionLivedBackend, namespace: &str) -> Result<(), Error> {

@@ -246,9 +246,9 @@ fn announce(old: Option<Phase>, new: &SessionLivedBackendStatus, failure: Option
 
 /// A condition's reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Cause {
-    reason: String,
-    message: String,
+pub(crate) struct Cause {
+    pub(crate) reason: String,
+    pub(crate) message: String,
 }
 
 /// Longest condition (and status) message kept.
@@ -287,7 +287,8 @@ fn unschedulable(pod: &Pod) -> Option<String> {
         .then(|| scheduled.message.clone().unwrap_or_default())
 }
 
-fn condition(
+/// A condition of `type_`, keeping the old one's transition time while its status holds.
+pub(crate) fn condition(
     old: &[Condition],
     type_: ConditionType,
     status: bool,
