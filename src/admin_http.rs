@@ -1,6 +1,7 @@
-//! The small plain-HTTP server the controller and the sweeper run for the kubelet's probes and
-//! Prometheus: one accept loop with graceful shutdown, and the few response shapes they need.
-//! (The sidecar's admin port streams events and has its own server.)
+//! The small plain-HTTP server the controller, the sweeper and the router run for the kubelet's
+//! probes, Prometheus and (the router) nginx's route lookups: one accept loop with graceful
+//! shutdown, and the few response shapes they need. (The sidecar's admin port streams events and
+//! has its own server.) hyper serves the connections; what is left here is the accept loop.
 
 use std::convert::Infallible;
 
@@ -23,6 +24,15 @@ pub async fn serve<F>(listener: TcpListener, stop: CancellationToken, respond: F
 where
     F: Fn(&Request<Incoming>) -> Reply + Clone + Send + Sync + 'static,
 {
+    serve_async(listener, stop, move |req| std::future::ready(respond(&req))).await;
+}
+
+/// [`serve`] for answers that wait (the router holds a lookup until its backend is Ready).
+pub async fn serve_async<F, Fut>(listener: TcpListener, stop: CancellationToken, respond: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Reply> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -37,8 +47,8 @@ where
         };
         let respond = respond.clone();
         let service = service_fn(move |req| {
-            let response = respond(&req);
-            async move { Ok::<_, Infallible>(response) }
+            let response = respond(req);
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -49,6 +59,14 @@ where
         });
     }
     graceful.shutdown().await;
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
 }
 
 /// A plain-text answer.

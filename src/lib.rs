@@ -14,6 +14,7 @@ pub mod crd;
 pub mod process;
 pub mod proxy_config;
 pub mod rbac;
+pub mod router;
 pub mod sidecar;
 pub mod sweeper;
 pub mod text;

@@ -1,22 +1,24 @@
 //! The reverse proxy's configuration: the `nginx.conf` that routes `/p/<namespace>/<backend>/...`
-//! to each backend's Service.
+//! to each backend's pod, at the address `spawner-router` gives it.
 //!
 //! `cargo xtask manifests` puts [`nginx_conf`]`(&ProxyConfig::default())` into the
-//! `spawner-proxy` ConfigMap; the test below runs the same text in a real nginx. Routing rules:
+//! `spawner-proxy` ConfigMap; tests/loopback/proxy.rs runs the same text in a real nginx with a
+//! real router. Routing rules:
 //!
-//! - `/p/<ns>/<name>/<rest>?<query>` → `http://<name>.<ns>.svc.<cluster-domain>:80/<rest>?<query>`,
-//!   the path and query passed byte for byte (no re-encoding, so `%2F` survives), HTTP/1.1 with
-//!   WebSocket upgrades, no buffering either way (SSE, long polls and uploads stream), 1 h read
-//!   and send timeouts, `X-Forwarded-For/-Proto/-Host` and `X-Forwarded-Prefix: /p/<ns>/<name>`.
+//! - `/p/<ns>/<name>/<rest>?<query>` → `http://<podIP>:<podPort>/<rest>?<query>`, the address
+//!   from the router (an `auth_request` subrequest to `GET /route/<ns>/<name>`, which holds a
+//!   backend that is still starting until it is Ready). The path and query pass byte for byte
+//!   (no re-encoding, so `%2F` survives), HTTP/1.1 with WebSocket upgrades, no buffering either
+//!   way (SSE, long polls and uploads stream), 1 h read and send timeouts,
+//!   `X-Forwarded-For/-Proto/-Host` and `X-Forwarded-Prefix: /p/<ns>/<name>`.
+//! - The router refused (no such backend, Failed, being deleted, not Ready in time) → its JSON
+//!   error from `GET /explain/<ns>/<name>`: 404, 502 or 504. The router down → 503 JSON. The
+//!   pod gone between lookup and connect → 502 JSON; no answer in time → 504 JSON. A backend's
+//!   own responses pass through untouched.
 //! - `/p/<ns>/<name>` → 301 to `/p/<ns>/<name>/`, query kept, relative `Location` (the proxy
 //!   does not know the port its NodePort or Ingress is reached on).
-//! - A backend whose Service name does not resolve → 404 `no such backend`; one that resolves but
-//!   refuses connections (its pod is gone) → 502. A backend that exists but is not ready yet
-//!   answers 503 itself, from its sidecar: nginx passes backend responses through untouched.
 //! - `/healthz` → 200; every other path → 404.
 //!
-//! The names are resolved per request through `resolver` with a short `valid=`, so a backend is
-//! reachable as soon as its Service exists and a deleted one stops being routed within seconds.
 //! nginx runs as non-root on a read-only root filesystem: the pid file, temp paths and logs stay
 //! under [`ProxyConfig::runtime_dir`] and stdout/stderr.
 
@@ -30,6 +32,8 @@ pub const PATH_PREFIX: &str = "/p";
 /// keeps nginx from opening its compiled-in error log on the read-only root filesystem before it
 /// has read the config.
 pub const NGINX_ARGS: &[&str] = &["-e", "stderr", "-c", "/etc/spawner-proxy/nginx.conf"];
+/// Port the router answers nginx's lookups on, on the pod's loopback.
+pub const ROUTER_PORT: u16 = 8082;
 /// Where the ConfigMap is mounted and the key that holds the config.
 pub const CONFIG_DIR: &str = "/etc/spawner-proxy";
 pub const CONFIG_KEY: &str = "nginx.conf";
@@ -39,14 +43,10 @@ pub const CONFIG_KEY: &str = "nginx.conf";
 pub struct ProxyConfig {
     /// Port to listen on.
     pub listen_port: u16,
-    /// DNS server for backend names, as nginx's `resolver` takes it (`host` or `host:port`).
-    pub resolver: String,
-    /// Seconds a resolved backend address is reused.
-    pub resolver_valid_seconds: u32,
-    /// Cluster DNS domain: backends are `<name>.<namespace>.svc.<cluster_domain>`.
-    pub cluster_domain: String,
-    /// Port of the backends' Services.
-    pub backend_port: u16,
+    /// Where `spawner-router` answers route lookups (`host:port`).
+    pub router_addr: String,
+    /// The router's hold cap in seconds: nginx waits a little longer for a lookup.
+    pub hold_seconds: u64,
     /// Writable directory for the pid file and temp files.
     pub runtime_dir: String,
     /// Worker processes (`auto` = one per core).
@@ -57,12 +57,9 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen_port: LISTEN_PORT,
-            // nginx resolves the resolver's own name once at start-up through the pod's
-            // resolv.conf, so the cluster's DNS Service IP need not be known here.
-            resolver: "kube-dns.kube-system.svc.cluster.local".into(),
-            resolver_valid_seconds: 5,
-            cluster_domain: "cluster.local".into(),
-            backend_port: 80,
+            // The router is a container of the same pod.
+            router_addr: format!("127.0.0.1:{ROUTER_PORT}"),
+            hold_seconds: crate::router::Config::default().hold_cap.as_secs(),
             runtime_dir: "/tmp".into(),
             worker_processes: "auto".into(),
         }
@@ -74,23 +71,17 @@ const LABEL: &str = "[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?";
 
 /// Renders `nginx.conf`.
 pub fn nginx_conf(config: &ProxyConfig) -> String {
-    let ProxyConfig {
-        listen_port,
-        resolver,
-        resolver_valid_seconds,
-        cluster_domain,
-        backend_port,
-        runtime_dir,
-        worker_processes,
-    } = config;
+    let ProxyConfig { listen_port, router_addr, hold_seconds, runtime_dir, worker_processes } = config;
     let run = runtime_dir.trim_end_matches('/');
     let p = PATH_PREFIX;
+    // A held lookup ends at the router's cap; nginx gives it a little longer to say so.
+    let lookup_timeout = hold_seconds + 10;
     let mut out = String::new();
     // writeln! into a String cannot fail.
     let _ = write!(
         out,
         r#"# nginx.conf of spawner-proxy, rendered by spawner::proxy_config. Routes
-# {p}/<namespace>/<backend>/... to http://<backend>.<namespace>.svc.{cluster_domain}:{backend_port}/...
+# {p}/<namespace>/<backend>/... to the backend's pod, at the address spawner-router gives.
 daemon off;
 worker_processes {worker_processes};
 pid {run}/nginx.pid;
@@ -122,10 +113,11 @@ http {{
     # Uploads go to the backend as they arrive; the backend decides how big is too big.
     client_max_body_size 0;
 
-    # Backend names are looked up per request, so new backends are routed at once and deleted
-    # ones stop being routed after `valid`.
-    resolver {resolver} valid={resolver_valid_seconds}s ipv6=off;
-    resolver_timeout 5s;
+    # spawner-router, beside nginx in this pod: where each backend is, per request.
+    upstream spawner_router {{
+        server {router_addr};
+        keepalive 16;
+    }}
 
     # WebSocket upgrades pass through; other requests close the upstream connection (there is
     # no upstream keep-alive pool when the upstream is a variable).
@@ -173,7 +165,13 @@ http {{
             # as 404/502 anyway, so only critical ones are logged here.
             error_log stderr crit;
 
-            proxy_pass http://$spawner_backend.$spawner_ns.svc.{cluster_domain}:{backend_port}$spawner_rest;
+            # Where the backend's pod is. The router holds the lookup while the backend starts,
+            # so a request sent before Ready is answered once it is, and a Ready backend is
+            # routable at once (no Service rules to wait for).
+            auth_request /_spawner/route;
+            auth_request_set $spawner_upstream $upstream_http_x_spawner_upstream;
+
+            proxy_pass http://$spawner_upstream$spawner_rest;
             proxy_http_version 1.1;
             proxy_set_header Host $http_host;
             proxy_set_header Upgrade $http_upgrade;
@@ -188,19 +186,45 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_cache off;
-            # Connecting to a pod takes well under a millisecond; a connection that hangs (e.g. a
-            # Service whose forwarding rules kube-proxy has not written yet, caught in conntrack)
-            # should fail soon enough for the client to retry.
+            # Connecting to a Ready pod takes well under a millisecond; one that hangs has gone.
             proxy_connect_timeout 5s;
             proxy_read_timeout 1h;
             proxy_send_timeout 1h;
             proxy_redirect off;
 
-            # nginx's own 502s and 504s (the backend's are passed through untouched): the name
-            # did not resolve (no such Service), the Service refused the connection, or the
-            # connection did not complete in time.
+            # nginx's own errors only (a backend's pass through untouched): the router refused
+            # (403), the router is unreachable (500), the pod refused the connection (502) or
+            # did not complete it in time (504).
+            error_page 403 = @spawner_refused;
+            error_page 500 = @spawner_router_down;
             error_page 502 = @spawner_unavailable;
             error_page 504 = @spawner_timeout;
+        }}
+
+        location = /_spawner/route {{
+            internal;
+            proxy_pass http://spawner_router/route/$spawner_ns/$spawner_backend;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout {lookup_timeout}s;
+        }}
+
+        # Why the router refused, in its words: 404 no such backend, 502 failed or shutting
+        # down, 504 not Ready in time — JSON with the backend's reason and message.
+        location @spawner_refused {{
+            proxy_pass http://spawner_router/explain/$spawner_ns/$spawner_backend;
+            proxy_method GET;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+
+        location @spawner_router_down {{
+            default_type application/json;
+            return 503 "{{\"error\":\"routing unavailable\",\"namespace\":\"$spawner_ns\",\"backend\":\"$spawner_backend\"}}\n";
         }}
 
         location @spawner_timeout {{
@@ -210,10 +234,6 @@ http {{
 
         location @spawner_unavailable {{
             default_type application/json;
-            # An unresolvable name leaves no upstream address behind.
-            if ($upstream_addr = "") {{
-                return 404 "{{\"error\":\"no such backend\",\"namespace\":\"$spawner_ns\",\"backend\":\"$spawner_backend\"}}\n";
-            }}
             return 502 "{{\"error\":\"backend unavailable\",\"namespace\":\"$spawner_ns\",\"backend\":\"$spawner_backend\"}}\n";
         }}
 
@@ -243,8 +263,10 @@ mod tests {
             "client_body_temp_path /tmp/nginx-client-body;",
             "proxy_temp_path /tmp/nginx-proxy;",
             "listen 8080 default_server;",
-            "resolver kube-dns.kube-system.svc.cluster.local valid=5s ipv6=off;",
-            "proxy_pass http://$spawner_backend.$spawner_ns.svc.cluster.local:80$spawner_rest;",
+            "server 127.0.0.1:8082;",
+            "auth_request /_spawner/route;",
+            "proxy_pass http://$spawner_upstream$spawner_rest;",
+            "proxy_read_timeout 70s;",
             "proxy_read_timeout 1h;",
             "proxy_buffering off;",
             "proxy_set_header X-Forwarded-Prefix $spawner_prefix;",

@@ -20,8 +20,7 @@ impl Child for Service {
 /// The Service of `backend`: ClusterIP, port 80 to the sidecar's proxy port (or straight to the
 /// application without a sidecar). The sidecar's admin port is never exposed.
 pub fn build_service(backend: &SessionLivedBackend) -> Service {
-    let target =
-        if backend.spec.sidecar.inject { i32::from(names::SIDECAR_PROXY_PORT) } else { backend.spec.http_port };
+    let target = serving_port(backend);
     let mut selector = labels(backend);
     selector.remove(names::MANAGED_BY_LABEL);
     Service {
@@ -43,6 +42,12 @@ pub fn build_service(backend: &SessionLivedBackend) -> Service {
         }),
         status: None,
     }
+}
+
+/// The pod port that serves `backend`'s HTTP: the sidecar's proxy port, or the application's own
+/// without a sidecar. The Service targets it and the reverse proxy connects to it.
+pub fn serving_port(backend: &SessionLivedBackend) -> i32 {
+    if backend.spec.sidecar.inject { i32::from(names::SIDECAR_PROXY_PORT) } else { backend.spec.http_port }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use crate::controllers::lifetime;
+use crate::controllers::{lifetime, service};
 use crate::crd::{Condition, ConditionType, Phase, SessionLivedBackend, SessionLivedBackendStatus};
 use crate::names;
 use crate::text::truncate;
@@ -150,6 +150,7 @@ pub fn derive_status(
     }
     if let Some(ip) = pod_status.and_then(|s| s.pod_ip.clone()) {
         new.pod_ip = Some(ip);
+        new.pod_port = Some(service::serving_port(backend));
     }
     if new.started_at.is_none() {
         new.started_at = pod_ref.and_then(app_started_at);

@@ -44,6 +44,12 @@ pub struct SessionLivedBackendStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
 
+    /// Port on the pod that serves the backend's HTTP: the sidecar's proxy port, or the
+    /// application's own without a sidecar. The reverse proxy connects to `podIP:podPort`, so a
+    /// Ready backend is routable at once (no Service rules to wait for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_port: Option<i32>,
+
     /// URL of the backend through the reverse proxy (without the token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,

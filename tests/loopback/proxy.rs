@@ -1,8 +1,9 @@
-//! The generated nginx.conf in a real nginx on loopback: a small DNS server stands in for the
-//! cluster's, answering `<name>.<namespace>.svc.cluster.local` with loopback addresses, an echo
-//! server and the drop-four demo stand in for backends. Proves prefix stripping with the raw path
-//! and query, the slash redirect, X-Forwarded-*, WebSocket upgrades, unbuffered streaming, the
-//! 404 for an unknown backend and pass-through of the backend's own errors.
+//! The generated nginx.conf in a real nginx on loopback, with a real `spawner-router` server
+//! in front of it whose backend table the test writes (as the watch would): an echo server and
+//! the drop-four demo stand in for backends' pods. Proves prefix stripping with the raw path and
+//! query, the slash redirect, X-Forwarded-*, WebSocket upgrades, unbuffered streaming, requests
+//! held while a backend starts (HTTP and WebSocket), the JSON errors for unknown, failed and
+//! late backends, and pass-through of the backend's own errors.
 //!
 //! Needs the `nginx` binary (Debian: `apt-get install nginx`); it fails, never skips, without it.
 
@@ -11,7 +12,7 @@ use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,68 +20,20 @@ use futures::SinkExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::watcher;
+use spawner::crd::{Phase, SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::proxy_config::{ProxyConfig, nginx_conf};
+use spawner::router::{self, Feed, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use crate::support;
 
 const NGINX: &str = "/usr/sbin/nginx";
-
-// ---------------------------------------------------------------------------------------------
-// A DNS server that knows a few A records and answers NXDOMAIN for the rest.
-
-async fn start_dns(records: HashMap<String, Ipv4Addr>) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            let Ok((len, peer)) = socket.recv_from(&mut buf).await else { return };
-            if let Some(reply) = dns_reply(&buf[..len], &records) {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-        }
-    });
-    addr
-}
-
-/// Answers one query (RFC 1035 wire format, one question, A records only).
-fn dns_reply(query: &[u8], records: &HashMap<String, Ipv4Addr>) -> Option<Vec<u8>> {
-    if query.len() < 12 {
-        return None;
-    }
-    let mut labels = Vec::new();
-    let mut i = 12;
-    loop {
-        let len = *query.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(query.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
-    }
-    let question_end = i + 4;
-    let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
-    let name = labels.join(".");
-    let answer = records.get(&name).filter(|_| qtype == 1);
-    let mut reply = query[..question_end].to_vec();
-    reply[2] = 0x84 | (query[2] & 0x01); // response, authoritative, keep RD
-    reply[3] = if answer.is_some() || records.contains_key(&name) { 0x00 } else { 0x03 }; // NXDOMAIN
-    reply[6..8].copy_from_slice(&(answer.is_some() as u16).to_be_bytes()); // ANCOUNT
-    reply[8..12].fill(0); // NSCOUNT, ARCOUNT
-    if let Some(ip) = answer {
-        reply.extend_from_slice(&[0xc0, 0x0c]); // pointer to the question's name
-        reply.extend_from_slice(&[0, 1, 0, 1]); // A, IN
-        reply.extend_from_slice(&5u32.to_be_bytes()); // TTL
-        reply.extend_from_slice(&4u16.to_be_bytes());
-        reply.extend_from_slice(&ip.octets());
-    }
-    Some(reply)
-}
 
 // ---------------------------------------------------------------------------------------------
 // An echo backend: reports the request it got as JSON, answers `/status/<code>` with that code,
@@ -193,25 +146,23 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn loopback_config(dir: &Path, port: u16, dns: SocketAddr, backend_port: u16) -> String {
+fn loopback_config(dir: &Path, port: u16, router: SocketAddr, hold_seconds: u64) -> String {
     nginx_conf(&ProxyConfig {
         listen_port: port,
-        resolver: dns.to_string(),
-        resolver_valid_seconds: 5,
-        cluster_domain: "cluster.local".into(),
-        backend_port,
+        router_addr: router.to_string(),
+        hold_seconds,
         runtime_dir: dir.display().to_string(),
         worker_processes: "1".into(),
     })
     .replace("listen ", "listen 127.0.0.1:")
 }
 
-async fn start_nginx(dns: SocketAddr, backend_port: u16) -> Nginx {
+async fn start_nginx(router: SocketAddr, hold_seconds: u64) -> Nginx {
     assert!(Path::new(NGINX).exists(), "{NGINX} not found: install nginx (apt-get install -y nginx)");
     let dir = TempDir::new("nginx");
     let port = free_port();
     let conf = dir.0.join("nginx.conf");
-    std::fs::write(&conf, loopback_config(&dir.0, port, dns, backend_port)).unwrap();
+    std::fs::write(&conf, loopback_config(&dir.0, port, router, hold_seconds)).unwrap();
     // As root, nginx's workers run as `nobody`; they only need to read what the master opened.
     let check =
         Command::new(NGINX).args(["-t", "-e", "stderr", "-p"]).arg(&dir.0).arg("-c").arg(&conf).output().unwrap();
@@ -296,9 +247,51 @@ fn dechunk(mut body: &str) -> String {
 struct World {
     nginx: Nginx,
     release_stream: Arc<Notify>,
-    /// The port every backend name maps to (on its own loopback address).
+    /// The port every backend pod listens on (each on its own loopback address).
     backend_port: u16,
+    routes: Routes,
+    feed: Mutex<Feed>,
+    _router: StopOnDrop,
     _demo: DemoProcess,
+}
+
+impl World {
+    /// Puts `namespace/name` into the router's table in `phase`, its pod at `ip`.
+    fn set(&self, namespace: &str, name: &str, phase: Phase, ip: Ipv4Addr) -> SessionLivedBackend {
+        let spec = serde_json::from_value(serde_json::json!({"template": {"containers": []}})).unwrap();
+        let mut backend = SessionLivedBackend::new(name, spec);
+        backend.metadata.namespace = Some(namespace.into());
+        backend.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        backend.status = Some(SessionLivedBackendStatus {
+            phase: Some(phase),
+            pod_ip: Some(ip.to_string()),
+            pod_port: Some(i32::from(self.backend_port)),
+            ..Default::default()
+        });
+        self.apply(backend.clone());
+        backend
+    }
+
+    fn apply(&self, backend: SessionLivedBackend) {
+        self.feed.lock().unwrap().apply(&watcher::Event::Apply(backend));
+    }
+
+    /// Waits until the router holds `n` lookups.
+    async fn until_held(&self, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.routes.held() != n {
+            assert!(Instant::now() < deadline, "the router never held {n} lookups (holds {})", self.routes.held());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 struct DemoProcess(Child);
@@ -310,9 +303,14 @@ impl Drop for DemoProcess {
     }
 }
 
-/// echo.ns1 → 127.0.0.1, game.demo → 127.0.0.3 (the demo binary, same port), refused.ns1 →
-/// 127.0.0.2 where nothing listens, stalled.ns1 → 127.0.0.4 (for a test that makes it stall).
+/// Ready backends: echo.ns1 → 127.0.0.1, game.demo → 127.0.0.3 (the demo binary, same port),
+/// refused.ns1 → 127.0.0.2 where nothing listens, stalled.ns1 → 127.0.0.4 (for a test that
+/// makes it stall).
 async fn world() -> World {
+    world_with(router::Config { hold_cap: Duration::from_secs(60), appear_wait: Duration::from_millis(200) }).await
+}
+
+async fn world_with(config: router::Config) -> World {
     let release_stream = Arc::new(Notify::new());
     let echo = start_echo("127.0.0.1:0".parse().unwrap(), release_stream.clone()).await;
     let demo = Command::new(env!("CARGO_BIN_EXE_spawner-demo-drop-four"))
@@ -327,15 +325,34 @@ async fn world() -> World {
         assert!(Instant::now() < deadline, "the demo did not listen within 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let records = HashMap::from([
-        ("echo.ns1.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 1)),
-        ("refused.ns1.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 2)),
-        ("game.demo.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 3)),
-        ("stalled.ns1.svc.cluster.local".to_owned(), Ipv4Addr::new(127, 0, 0, 4)),
-    ]);
-    let dns = start_dns(records).await;
-    let nginx = start_nginx(dns, echo.port()).await;
-    World { nginx, release_stream, backend_port: echo.port(), _demo: demo }
+
+    let (routes, mut feed) = router::routes(config);
+    feed.apply(&watcher::Event::Init);
+    feed.apply(&watcher::Event::InitDone);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(router::serve_lookups(listener, routes.clone(), stop.clone()));
+
+    let nginx = start_nginx(router_addr, config.hold_cap.as_secs()).await;
+    let world = World {
+        nginx,
+        release_stream,
+        backend_port: echo.port(),
+        routes,
+        feed: Mutex::new(feed),
+        _router: StopOnDrop(stop),
+        _demo: demo,
+    };
+    for (ns, name, ip) in [
+        ("ns1", "echo", Ipv4Addr::new(127, 0, 0, 1)),
+        ("ns1", "refused", Ipv4Addr::new(127, 0, 0, 2)),
+        ("demo", "game", Ipv4Addr::new(127, 0, 0, 3)),
+        ("ns1", "stalled", Ipv4Addr::new(127, 0, 0, 4)),
+    ] {
+        world.set(ns, name, Phase::Ready, ip);
+    }
+    world
 }
 
 fn echo_report(response: &RawResponse) -> serde_json::Value {
@@ -343,7 +360,7 @@ fn echo_report(response: &RawResponse) -> serde_json::Value {
     serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("echo report: {e}: {response:?}"))
 }
 
-/// A backend whose connection never completes (as towards a Service IP that goes nowhere) gets
+/// A backend whose connection never completes (its pod's node gone from the network) gets
 /// nginx's own 504 after its connect timeout, in JSON like the proxy's other answers.
 #[tokio::test]
 async fn nginx_answers_504_in_json_when_a_backend_never_accepts() {
@@ -498,4 +515,81 @@ async fn two_players_play_drop_four_through_nginx() {
     }
     red.close(None).await.unwrap();
     yellow.close(None).await.unwrap();
+}
+
+/// A request for a backend that is still starting waits in the router and is answered the
+/// moment the backend is Ready; so does one for a backend created just after it was sent.
+#[tokio::test]
+async fn a_request_for_a_starting_or_brand_new_backend_is_held_until_ready() {
+    let world = world().await;
+    let port = world.nginx.port;
+    world.set("ns1", "late", Phase::Running, Ipv4Addr::LOCALHOST);
+    let late = tokio::spawn(async move { get(port, "/p/ns1/late/x?token=t", &[]).await });
+    world.until_held(1).await;
+    assert!(!late.is_finished(), "answered while the backend was starting");
+    world.set("ns1", "late", Phase::Ready, Ipv4Addr::LOCALHOST);
+    let report = echo_report(&late.await.unwrap().unwrap());
+    assert_eq!(report["uri"], "/x?token=t");
+
+    // Not in the table yet (the watch is a moment behind the client's create).
+    let new = tokio::spawn(async move { get(port, "/p/ns1/new/", &[]).await });
+    world.until_held(1).await;
+    world.set("ns1", "new", Phase::Ready, Ipv4Addr::LOCALHOST);
+    assert_eq!(echo_report(&new.await.unwrap().unwrap())["uri"], "/");
+    world.until_held(0).await;
+}
+
+#[tokio::test]
+async fn a_websocket_to_a_starting_backend_is_held_until_ready() {
+    let world = world().await;
+    world.set("demo", "room", Phase::Scheduled, Ipv4Addr::new(127, 0, 0, 3));
+    let url = format!("ws://127.0.0.1:{}/p/demo/room/ws", world.nginx.port);
+    let connecting = tokio::spawn(async move { tokio_tungstenite::connect_async(&url).await });
+    world.until_held(1).await;
+    world.set("demo", "room", Phase::Ready, Ipv4Addr::new(127, 0, 0, 3));
+    let (mut socket, _) = connecting.await.unwrap().expect("the held WebSocket connects once Ready");
+    socket.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
+    assert_eq!(support::next_of_type(&mut socket, "welcome").await["role"], "red");
+}
+
+/// A backend that fails while a request waits for it: the request gets the failure, in JSON,
+/// with the controller's reason — not a hang.
+#[tokio::test]
+async fn a_held_request_gets_a_json_error_when_its_backend_fails() {
+    let world = world().await;
+    let port = world.nginx.port;
+    let mut backend = world.set("ns1", "doomed", Phase::Running, Ipv4Addr::LOCALHOST);
+    let held = tokio::spawn(async move { get(port, "/p/ns1/doomed/", &[]).await });
+    world.until_held(1).await;
+    let status = backend.status.as_mut().unwrap();
+    status.phase = Some(Phase::Failed);
+    status.reason = Some("ErrImagePull".into());
+    status.message = Some("image \"nope\" not found".into());
+    world.apply(backend);
+    let response = held.await.unwrap().unwrap();
+    assert_eq!(response.status, 502, "{response:?}");
+    assert_eq!(response.headers["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "backend failed", "namespace": "ns1", "backend": "doomed", "phase": "Failed",
+            "reason": "ErrImagePull", "message": "image \"nope\" not found"})
+    );
+}
+
+/// Held no longer than the router's cap: then a 504 that says where the backend got to.
+#[tokio::test]
+async fn a_backend_that_stays_starting_gets_a_504_at_the_hold_cap() {
+    let config = router::Config { hold_cap: Duration::from_secs(1), appear_wait: Duration::from_millis(200) };
+    let world = world_with(config).await;
+    let mut backend = world.set("ns1", "slow", Phase::Running, Ipv4Addr::LOCALHOST);
+    let status = backend.status.as_mut().unwrap();
+    status.reason = Some("ContainersNotReady".into());
+    world.apply(backend);
+    let response = get(world.nginx.port, "/p/ns1/slow/", &[]).await.unwrap();
+    assert_eq!(response.status, 504, "{response:?}");
+    let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(body["error"], "backend not ready in time");
+    assert_eq!(body["phase"], "Running");
+    assert_eq!(body["reason"], "ContainersNotReady");
 }

@@ -77,6 +77,7 @@ fn a_ready_pod_makes_the_backend_ready_with_node_ip_and_times() {
     assert_eq!(status.phase, Some(Phase::Ready));
     assert_eq!(status.node_name.as_deref(), Some("node-a"));
     assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.7"));
+    assert_eq!(status.pod_port, Some(9080), "the sidecar's proxy port: where the reverse proxy connects");
     assert_eq!(status.started_at.as_ref().unwrap().0, at(1003));
     assert_eq!(status.ready_at.as_ref().unwrap().0, at(1004), "the kubelet's time, not the controller's");
     assert_eq!(cond(&status, "Ready").status, "True");
