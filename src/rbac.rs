@@ -63,6 +63,10 @@ pub const SWEEPER: &[Permission] = &[
     cluster("events.k8s.io", "events", &["create", "patch"]),
 ];
 
+/// The router, beside nginx in the proxy's pod: reads backends (their status has the pod's
+/// address), nothing else.
+pub const ROUTER: &[Permission] = &[cluster("spawner.dev", "sessionlivedbackends", &["list", "watch"])];
+
 /// A binary that talks to the API server, with its ServiceAccount and permissions.
 #[derive(Clone, Copy, Debug)]
 pub struct Role {
@@ -75,4 +79,5 @@ pub struct Role {
 pub const ROLES: &[Role] = &[
     Role { name: crate::names::CONTROLLER, permissions: CONTROLLER },
     Role { name: crate::names::SWEEPER, permissions: SWEEPER },
+    Role { name: crate::names::PROXY, permissions: ROUTER },
 ];

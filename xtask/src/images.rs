@@ -19,6 +19,7 @@ pub const RUST_IMAGES: &[(&str, &str)] = &[
     ("controller", "spawner-controller"),
     ("sidecar", "spawner-sidecar"),
     ("sweeper", "spawner-sweeper"),
+    ("router", "spawner-router"),
     ("demo-drop-four", "spawner-demo-drop-four"),
 ];
 

@@ -150,7 +150,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 3, "controller, sweeper and nginx containers");
+        assert_eq!(checked, 4, "controller, sweeper, nginx and router containers");
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccountTokenProjection,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,6 +28,8 @@ pub const CONTROLLER_HTTP_PORT: i32 = 8080;
 pub const SWEEPER_HTTP_PORT: i32 = 8081;
 /// Port nginx listens on inside its pod.
 pub const PROXY_PORT: i32 = proxy_config::LISTEN_PORT as i32;
+/// Port of the router's /metrics, /healthz and /readyz (its lookups stay on the pod's loopback).
+pub const ROUTER_HTTP_PORT: i32 = 8081;
 /// NodePort of the reverse proxy: kind maps it to the host, the local cluster reaches it directly.
 pub const PROXY_NODE_PORT: i32 = 30080;
 /// Where users reach the reverse proxy; backends' status URLs start with it.
@@ -134,7 +137,8 @@ pub fn sweeper() -> Object {
     })
 }
 
-/// nginx in front of every backend: ConfigMap (its config), Deployment, NodePort Service.
+/// nginx in front of every backend, with spawner-router beside it in the same pod: ConfigMap
+/// (nginx's config), Deployment, NodePort Service.
 pub fn proxy() -> Vec<Object> {
     let name = names::PROXY;
     let config = ConfigMap {
@@ -164,6 +168,27 @@ pub fn proxy() -> Vec<Object> {
         ]),
         ..hardened()
     };
+    let router = Container {
+        name: "router".into(),
+        image: Some(names::image("router")),
+        args: Some(vec![
+            format!("--route-addr=127.0.0.1:{}", proxy_config::ROUTER_PORT),
+            format!("--metrics-addr=0.0.0.0:{ROUTER_HTTP_PORT}"),
+            "--log-format=json".into(),
+        ]),
+        ports: Some(vec![port("metrics", ROUTER_HTTP_PORT)]),
+        liveness_probe: Some(http_probe("/healthz", ROUTER_HTTP_PORT)),
+        // Out of the proxy Service until the first list of backends is in.
+        readiness_probe: Some(http_probe("/readyz", ROUTER_HTTP_PORT)),
+        resources: Some(resources(("20m", "32Mi"), ("1", "256Mi"))),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "api-token".into(),
+            mount_path: SERVICE_ACCOUNT_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..hardened()
+    };
     let deployment = Deployment {
         metadata: meta(name, Some(SYSTEM_NAMESPACE)),
         spec: Some(DeploymentSpec {
@@ -172,9 +197,11 @@ pub fn proxy() -> Vec<Object> {
             template: pod_template(
                 name,
                 PodSpec {
-                    // nginx never talks to the API server.
+                    // The router watches backends; nginx never talks to the API server, so the
+                    // token is mounted into the router's container only (`api-token`).
+                    service_account_name: Some(name.into()),
                     automount_service_account_token: Some(false),
-                    containers: vec![container],
+                    containers: vec![container, router],
                     volumes: Some(vec![
                         Volume {
                             name: "config".into(),
@@ -186,6 +213,7 @@ pub fn proxy() -> Vec<Object> {
                             empty_dir: Some(EmptyDirVolumeSource::default()),
                             ..Default::default()
                         },
+                        service_account_volume("api-token"),
                     ]),
                     ..hardened_pod()
                 },
@@ -238,6 +266,54 @@ pub fn sample_pool() -> Object {
     }))
     .expect("sample pool spec deserializes");
     Object::new(SessionLivedBackendPool::new(DEMO_POOL, spec))
+}
+
+/// Where in-cluster clients (kube's `Client::try_default`) look for the API credentials.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What `automountServiceAccountToken` would mount, as a volume for one container: a bound token,
+/// the cluster's CA and the namespace.
+fn service_account_volume(name: &str) -> Volume {
+    let file = |key: &str| KeyToPath { key: key.into(), path: key.into(), ..Default::default() };
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![file("ca.crt")]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            // Readable by the container's non-root user.
+            default_mode: Some(0o444),
+        }),
+        ..Default::default()
+    }
 }
 
 fn pod_template(name: &str, spec: PodSpec) -> PodTemplateSpec {
