@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_http;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod controllers;

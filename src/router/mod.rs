@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use verdict::{Refusal, Verdict, verdict};
 
 use crate::admin_http::{self, Reply};
+use crate::backoff::Backoff;
 use crate::crd::SessionLivedBackend;
 use crate::text::ErrorChain;
 
@@ -76,7 +77,11 @@ const FAILED_SLACK: Duration = Duration::from_secs(2);
 pub struct Routes {
     store: Store<SessionLivedBackend>,
     changed: Arc<Notify>,
-    synced: Arc<AtomicBool>,
+    /// The first list is in (the router is ready).
+    listed: Arc<AtomicBool>,
+    /// The watch is live: a backend missing from the table does not exist (give or take the
+    /// watch's lag).
+    current: Arc<AtomicBool>,
     config: Config,
     metrics: Metrics,
 }
@@ -85,16 +90,28 @@ pub struct Routes {
 pub struct Feed {
     writer: reflector::store::Writer<SessionLivedBackend>,
     changed: Arc<Notify>,
-    synced: Arc<AtomicBool>,
+    listed: Arc<AtomicBool>,
+    current: Arc<AtomicBool>,
 }
 
 impl Feed {
     pub fn apply(&mut self, event: &watcher::Event<SessionLivedBackend>) {
         self.writer.apply_watcher_event(event);
-        if matches!(event, watcher::Event::InitDone) {
-            self.synced.store(true, Ordering::Release);
+        match event {
+            watcher::Event::InitDone => {
+                self.listed.store(true, Ordering::Release);
+                self.current.store(true, Ordering::Release);
+            }
+            // Only a live watch (after a list) delivers these.
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.current.store(true, Ordering::Release),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
         self.changed.notify_waiters();
+    }
+
+    /// The watch failed: until it is back, the table may lack backends created since.
+    pub fn broken(&mut self) {
+        self.current.store(false, Ordering::Release);
     }
 }
 
@@ -102,10 +119,16 @@ impl Feed {
 pub fn routes(config: Config) -> (Routes, Feed) {
     let (store, writer) = reflector::store();
     let changed = Arc::new(Notify::new());
-    let synced = Arc::new(AtomicBool::new(false));
-    let routes =
-        Routes { store, changed: changed.clone(), synced: synced.clone(), config, metrics: Metrics::default() };
-    (routes, Feed { writer, changed, synced })
+    let (listed, current) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let routes = Routes {
+        store,
+        changed: changed.clone(),
+        listed: listed.clone(),
+        current: current.clone(),
+        config,
+        metrics: Metrics::default(),
+    };
+    (routes, Feed { writer, changed, listed, current })
 }
 
 impl Routes {
@@ -131,8 +154,9 @@ impl Routes {
                     self.metrics.observe("refused", started);
                     return Err(refusal);
                 }
-                // Before the first list is in, every backend looks unknown: wait for it.
-                Verdict::Missing if !self.is_synced() => cap,
+                // Before the first list, or while the watch is broken, a backend created since
+                // looks unknown: wait for the watch.
+                Verdict::Missing if !self.current.load(Ordering::Acquire) => cap,
                 Verdict::Missing => started + self.config.appear_wait,
                 Verdict::Starting { remaining } => {
                     let left = remaining.map_or(FAILED_SLACK, |r| r + FAILED_SLACK);
@@ -211,7 +235,7 @@ impl Routes {
 
     /// Whether the first list of backends is in.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.listed.load(Ordering::Acquire)
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {
@@ -291,8 +315,11 @@ pub async fn watch(client: Client, namespace: Option<&str>, mut feed: Feed, stop
         Some(namespace) => Api::namespaced(client, namespace),
         None => Api::all(client),
     };
+    // kube's default backoff grows to 30 s while the API server is away; backends created
+    // after it comes back would wait that long to be routed. One watch can afford a 10 s cap.
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     // The router needs the status and little else; managed fields are most of an object.
-    let events = watcher(api, watcher::Config::default()).default_backoff().modify(|backend| {
+    let events = watcher(api, watcher::Config::default()).backoff(backoff).modify(|backend| {
         backend.managed_fields_mut().clear();
     });
     let mut events = std::pin::pin!(events);
@@ -304,8 +331,12 @@ pub async fn watch(client: Client, namespace: Option<&str>, mut feed: Feed, stop
         match event {
             None => return,
             Some(Ok(event)) => feed.apply(&event),
-            // The watcher retries by itself; held requests keep waiting meanwhile.
-            Some(Err(err)) => tracing::warn!(error = %ErrorChain(&err), "backend watch failed; retrying"),
+            // The watcher retries by itself. Routes already known keep being served meanwhile;
+            // a request for an unknown backend waits, as it may be one created since.
+            Some(Err(err)) => {
+                tracing::warn!(error = %ErrorChain(&err), "backend watch failed; retrying");
+                feed.broken();
+            }
         }
     }
 }

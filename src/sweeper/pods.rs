@@ -16,9 +16,10 @@ use tracing::Instrument;
 
 use super::ErrorChain;
 use super::follower::{self, Target, follow};
-use super::guards::{Backoff, GaugeGuard};
+use super::guards::GaugeGuard;
 use super::metrics::Metrics;
 use super::sweep::{ApiSweeper, BackendRef};
+use crate::backoff::Backoff;
 use crate::crd::SessionLivedBackend;
 use crate::names;
 
@@ -172,7 +173,7 @@ async fn grace_period(context: &Context, backend: &BackendRef) -> Option<Duratio
         match context.sweeper.grace_period(backend).await {
             Ok(grace) => return grace,
             Err(err) => {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     error = %ErrorChain(&err),
                     retry_in_ms = delay.as_millis() as u64,

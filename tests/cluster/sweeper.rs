@@ -110,8 +110,8 @@ async fn e2e_sweeper_keeps_a_connected_backend_and_sweeps_it_after_the_connectio
     // Long enough to connect after Ready before the sweep.
     let grace = 15;
     let backend = create_ready(&env, "connected", grace).await;
-    // Connecting is retried while the route settles, bounded well inside the grace period.
-    let mut ws = support::first_websocket(&websocket_url(&backend), Duration::from_secs(grace as u64 - 5)).await;
+    // Ready means routable: the first attempt connects.
+    let mut ws = support::first_websocket(&websocket_url(&backend)).await;
 
     // Proving an absence takes waiting: well past the grace period, with the socket open.
     tokio::time::sleep(Duration::from_secs(grace as u64 + 5)).await;

@@ -62,7 +62,7 @@ async fn kind_a_throwaway_two_node_cluster_serves_a_backend_through_the_proxy_an
     // Through the proxy's NodePort, mapped to this machine by the control-plane container.
     let host = cluster.base_url().trim_start_matches("http://");
     let ws_url = format!("ws://{host}/p/{namespace}/{name}/ws");
-    let mut player = support::first_websocket(&ws_url, Duration::from_secs(GRACE_SECONDS - 5)).await;
+    let mut player = support::first_websocket(&ws_url).await;
     player.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
     assert_eq!(support::next_of_type(&mut player, "welcome").await["role"], "red");
     player.close(None).await.unwrap();

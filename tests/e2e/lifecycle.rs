@@ -92,7 +92,7 @@ async fn e2e_two_players_play_through_the_proxy_and_the_backend_is_swept_after_t
 
     // First player in right away: from Ready, the grace period runs for a backend nobody uses.
     let ws_url = format!("ws://{host}:{port}{path}ws?token={token}");
-    let mut red = support::first_websocket(&ws_url, Duration::from_secs(GRACE_SECONDS - 5)).await;
+    let mut red = support::first_websocket(&ws_url).await;
     red.send(Message::text(r#"{"type":"join"}"#)).await.unwrap();
     assert_eq!(support::next_of_type(&mut red, "welcome").await["role"], "red");
 

@@ -13,6 +13,7 @@ mod isolation;
 mod kind;
 mod kind_cluster;
 mod lifecycle;
+mod routing;
 mod support;
 mod two_nodes;
 

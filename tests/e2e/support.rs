@@ -51,3 +51,16 @@ pub fn pod_ready() -> impl Condition<Pod> {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     }
 }
+
+/// Where the deployed proxy is reached: the controller's `--base-url` (the start of every
+/// backend's status.url), for a request sent before the backend has a status.
+pub async fn proxy_base_url(client: &kube::Client) -> String {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), spawner::names::SYSTEM_NAMESPACE);
+    let controller = deployments.get(spawner::names::CONTROLLER).await.expect("Spawner's controller is deployed");
+    let args = controller.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].args.clone().unwrap_or_default());
+    args.unwrap_or_default()
+        .iter()
+        .find_map(|a| a.strip_prefix("--base-url=").map(str::to_owned))
+        .expect("the controller has --base-url")
+}

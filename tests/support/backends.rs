@@ -81,29 +81,16 @@ pub async fn create_ready(
     wait_for(api, &backend.name_any(), ready, READY_WITHIN).await.expect("the backend exists")
 }
 
-/// A WebSocket through the reverse proxy, opened while the route to a backend may still be
-/// settling.
+/// A WebSocket through the reverse proxy.
 pub type ProxiedWebSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens the first WebSocket to a backend that just became Ready. Ready means the pod answers;
-/// the cluster's view of its Service can trail it by a moment — cluster DNS (nginx answers 404,
-/// and remembers the miss for its resolver's 5 s) or kube-proxy's forwarding rules (502 refused,
-/// 504 connect timed out). None of these reach the sidecar, so a failed attempt is not a
-/// connection. Retried until `within` has passed; any other failure, or one after that, fails
+/// Opens the first WebSocket to a backend that just became Ready, once: Ready means routable
+/// (the proxy connects to the pod's address from the backend's status), so any failure fails
 /// the test.
-pub async fn first_websocket(url: &str, within: Duration) -> ProxiedWebSocket {
-    use tokio_tungstenite::tungstenite::Error;
-    let give_up = std::time::Instant::now() + within;
-    loop {
-        match tokio_tungstenite::connect_async(url).await {
-            Ok((socket, _)) => return socket,
-            Err(Error::Http(response))
-                if matches!(response.status().as_u16(), 404 | 502 | 504) && std::time::Instant::now() < give_up =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("WebSocket through the proxy to {url}: {e}"),
-        }
+pub async fn first_websocket(url: &str) -> ProxiedWebSocket {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => socket,
+        Err(e) => panic!("WebSocket through the proxy to {url}: {e}"),
     }
 }

@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
-use super::guards::{Backoff, GaugeGuard};
+use super::guards::GaugeGuard;
 use super::metrics::{Metrics, StreamErrorKind, SweepResult};
 use super::rule::{self, Decision};
 use super::{ErrorChain, sse};
+use crate::backoff::Backoff;
 use crate::sidecar::event::{EVENTS_PATH, HEARTBEAT, IdleState};
 use crate::text::truncate;
 use stream::{EventStream, open};
@@ -292,7 +293,7 @@ impl Follower {
                 }
                 Err(error) => error,
             };
-            let delay = self.reconnect_backoff.next();
+            let delay = self.reconnect_backoff.next_delay();
             self.metrics.stream_error(error.kind());
             if let Error::HeartbeatTimeout { .. } = error {
                 self.status.send_modify(|s| s.heartbeat_timeouts += 1);
@@ -451,7 +452,7 @@ impl Follower {
             Ok(Err(err)) => err,
             Err(join) => SweepError::from(format!("the sweep task failed: {join}")),
         };
-        let delay = self.sweep_backoff.next();
+        let delay = self.sweep_backoff.next_delay();
         self.sweep_not_before = Some(Instant::now() + delay);
         self.status.send_modify(|s| s.failed_sweeps += 1);
         tracing::warn!(

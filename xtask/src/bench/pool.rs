@@ -5,9 +5,12 @@
 //! `--kubeconfig` says otherwise). In one run, in a namespace of its own: sequential claims
 //! (each backend deleted once measured), bursts of concurrent claims, and cold backends of the
 //! same image. For each backend it records: create → Ready (the controller's part) and create →
-//! first 200 through the proxy, plus how many requests failed between Ready and that 200 (the
-//! window in which the backend's new Service is not forwarded yet). Targets (issue #12):
-//! claim → first byte p99 ≤ 50 ms; no request fails once Ready.
+//! first 200 through the proxy, plus how many requests failed between Ready and that 200 (none
+//! should: the proxy routes to the pod's address the moment the status says Ready). Last, "held":
+//! claims from a pool without auth whose one request goes out right after the create, before
+//! Ready, and is held by the router until the backend is Ready — create → first byte as a web
+//! app that does not wait for Ready sees it. Targets (issue #12): claim → first byte p99 ≤ 50 ms;
+//! no request fails once Ready, none while starting.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,6 +27,8 @@ use spawner::crd::SessionLivedBackendPool;
 
 const NAMESPACE: &str = "spawner-bench-pool";
 const POOL: &str = "bench";
+/// The held phase's pool: no auth, so a request needs no token and can go out with the create.
+const OPEN_POOL: &str = "bench-open";
 
 /// Settings of `cargo xtask bench pool`.
 #[derive(clap::Args, Debug, Clone)]
@@ -43,6 +48,9 @@ pub struct Args {
     /// Cold backends (no pool), one after the other.
     #[arg(long, default_value_t = 20)]
     pub cold: usize,
+    /// Claims whose request is sent with the create (held until Ready), one after the other.
+    #[arg(long, default_value_t = 50)]
+    pub held: usize,
     /// Kubeconfig of the cluster Spawner is deployed on [default: the local cluster's].
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -77,12 +85,11 @@ pub fn run(args: Args) -> Result<()> {
 async fn measure(client: &Client, args: &Args) -> Result<()> {
     let backends = Backends::new(client.clone(), NAMESPACE);
     let pools: Api<SessionLivedBackendPool> = Api::namespaced(client.clone(), NAMESPACE);
-    let pool: SessionLivedBackendPool = serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": POOL},
-        "spec": {"size": args.size, "template": {"containers": [{"name": "application", "image": image()}]}},
-    }))?;
-    pools.create(&PostParams::default(), &pool).await.context("creating the pool (is Spawner deployed?)")?;
-    wait_full(&pools, args.size).await?;
+    pools
+        .create(&PostParams::default(), &pool(POOL, args.size, "Token")?)
+        .await
+        .context("creating the pool (is Spawner deployed?)")?;
+    wait_full(&pools, POOL, args.size).await?;
     println!("pool of {} warm pods Ready", args.size);
 
     let mut sequential = Vec::new();
@@ -95,7 +102,7 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
 
     let mut bursts = Vec::new();
     for b in 0..args.bursts {
-        wait_full(&pools, args.size).await?;
+        wait_full(&pools, POOL, args.size).await?;
         let requests: Vec<BackendRequest> =
             (0..args.burst).map(|i| BackendRequest::from_pool(Naming::Name(format!("burst-{b}-{i}")), POOL)).collect();
         let samples = futures::future::try_join_all(requests.iter().map(|r| one(&backends, r, &args.proxy))).await?;
@@ -114,6 +121,31 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
         backends.delete(&format!("cold-{i}")).await?;
     }
     report("cold (no pool), sequential", &cold);
+
+    pools.delete(POOL, &DeleteParams::default()).await?;
+    pools.create(&PostParams::default(), &pool(OPEN_POOL, args.size, "None")?).await?;
+    wait_full(&pools, OPEN_POOL, args.size).await?;
+    let (mut held, mut held_failed) = (Vec::new(), Vec::new());
+    for i in 0..args.held {
+        let name = format!("held-{i}");
+        let started = Instant::now();
+        backends.create(&BackendRequest::from_pool(Naming::Name(name.clone()), OPEN_POOL)).await?;
+        let (proxy, path) = (args.proxy.clone(), format!("/p/{NAMESPACE}/{name}/"));
+        match tokio::task::spawn_blocking(move || get_status(&proxy, &path)).await? {
+            Ok(200) => {}
+            other => held_failed.push(format!("{name}: {other:?}")),
+        }
+        held.push(started.elapsed());
+        backends.delete(&name).await?;
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("held: warm, the request sent with the create ({} backends):", held.len());
+    println!(
+        "    create → first byte     p50 {:7.1} ms   p99 {:7.1} ms",
+        ms(percentile(&held, 0.5)),
+        ms(percentile(&held, 0.99))
+    );
+    println!("    held requests that failed: {} {held_failed:?}", held_failed.len());
     let ratio = |a: &[Sample], b: &[Sample]| {
         let p = |s: &[Sample]| percentile(&s.iter().map(|s| s.first_byte).collect::<Vec<_>>(), 0.5);
         p(a).as_secs_f64() / p(b).as_secs_f64().max(1e-9)
@@ -122,6 +154,13 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
         println!("first byte p50, warm / cold: {:.2}", ratio(&sequential, &cold));
     }
     Ok(())
+}
+
+fn pool(name: &str, size: i32, auth: &str) -> Result<SessionLivedBackendPool> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": name},
+        "spec": {"size": size, "auth": {"mode": auth}, "template": {"containers": [{"name": "application", "image": image()}]}},
+    }))?)
 }
 
 fn image() -> String {
@@ -159,17 +198,18 @@ fn first_200(proxy: &str, path: &str, started: Instant) -> Result<(Duration, usi
 
 fn get_status(proxy: &str, path: &str) -> std::io::Result<u16> {
     let mut tcp = TcpStream::connect(proxy)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Long enough for a request the router holds while its backend starts.
+    tcp.set_read_timeout(Some(Duration::from_secs(70)))?;
     write!(tcp, "GET {path} HTTP/1.1\r\nHost: {proxy}\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
     tcp.read_exact(&mut head)?;
     Ok(std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
-async fn wait_full(pools: &Api<SessionLivedBackendPool>, size: i32) -> Result<()> {
+async fn wait_full(pools: &Api<SessionLivedBackendPool>, name: &str, size: i32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let pool = pools.get(POOL).await?;
+        let pool = pools.get(name).await?;
         if pool.status.is_some_and(|s| s.ready == size && s.starting == 0) {
             return Ok(());
         }
