@@ -156,6 +156,10 @@ pub struct SpecArgs {
     /// Where the backend may connect to: DNS and public addresses, nothing, or anywhere.
     #[arg(long, value_enum, default_value_t = crate::crd::Egress::Public)]
     pub egress: crate::crd::Egress,
+    /// A setting of this session, KEY=VALUE (repeatable; spec.values): the application reads
+    /// them from its sidecar, also from a warm pod of --pool.
+    #[arg(long = "value", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub values: Vec<(String, String)>,
 }
 
 impl SpecArgs {
@@ -171,6 +175,7 @@ impl SpecArgs {
         request.env = self.env.clone();
         request.auth = if self.no_auth { AuthMode::None } else { AuthMode::Token };
         request.egress = self.egress;
+        request.values = self.values.iter().cloned().collect();
         request
     }
 }

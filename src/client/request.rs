@@ -42,6 +42,8 @@ pub struct BackendRequest {
     pub auth: AuthMode,
     pub egress: Egress,
     pub annotations: BTreeMap<String, String>,
+    /// The session's settings (`spec.values`).
+    pub values: BTreeMap<String, String>,
 }
 
 impl BackendRequest {
@@ -67,6 +69,7 @@ impl BackendRequest {
             auth: AuthMode::Token,
             egress: Egress::default(),
             annotations: BTreeMap::new(),
+            values: BTreeMap::new(),
         }
     }
 
@@ -103,6 +106,7 @@ impl BackendRequest {
             sidecar: SidecarSpec::default(),
             auth: AuthSpec { mode: self.auth },
             egress: self.egress,
+            values: self.values.clone(),
         };
         let mut backend = SessionLivedBackend::new("", spec);
         backend.metadata = ObjectMeta {

@@ -35,6 +35,7 @@ use crate::crd::{AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBacke
 use crate::names;
 
 pub use crate::names::HANDED_OVER_ANNOTATION;
+use crate::sidecar::session::Session;
 /// How long the sidecar gets to answer a claim.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -47,6 +48,7 @@ pub fn effective(backend: &SessionLivedBackend, pool: &SessionLivedBackendPool) 
         startup_timeout_seconds: own.startup_timeout_seconds,
         max_lifetime_seconds: own.max_lifetime_seconds,
         pool_ref: own.pool_ref.clone(),
+        values: own.values.clone(),
         ..pool.spec.backend_spec()
     };
     shaped
@@ -150,7 +152,8 @@ pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, na
     let token = token_auth.then(secret::new_token);
     let key = ctx.config.claim_keys.for_pod(namespace, &pod.name_any());
     let uid = shaped.metadata.uid.clone().unwrap_or_default();
-    match push(&ip, &key, &uid, token.as_deref()).await {
+    let session = crate::controllers::pod::session_of(shaped);
+    match push(&ip, &key, &uid, token.as_deref(), &session).await {
         Ok(()) => {}
         Err(Push::Refused(401)) => {
             // A pod this process cannot claim (made with another controller key): it has
@@ -196,8 +199,9 @@ enum Push {
     Unreachable(String),
 }
 
-/// `POST /claim` to the sidecar's admin port at `ip`.
-async fn push(ip: &str, key: &str, backend_uid: &str, token: Option<&str>) -> Result<(), Push> {
+/// `POST /claim` to the sidecar's admin port at `ip`, with the backend's token (if it has
+/// auth) and its session's settings.
+async fn push(ip: &str, key: &str, backend_uid: &str, token: Option<&str>, session: &Session) -> Result<(), Push> {
     let addr = format!("{ip}:{}", names::SIDECAR_ADMIN_PORT);
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| Push::Unreachable(e.to_string()))?;
@@ -205,7 +209,8 @@ async fn push(ip: &str, key: &str, backend_uid: &str, token: Option<&str>) -> Re
             .await
             .map_err(|e| Push::Unreachable(e.to_string()))?;
         tokio::spawn(conn);
-        let body = serde_json::to_vec(&json!({"backend": backend_uid, "token": token})).expect("JSON");
+        let body =
+            serde_json::to_vec(&json!({"backend": backend_uid, "token": token, "session": session})).expect("JSON");
         let request = http::Request::post(crate::sidecar::claim::CLAIM_PATH)
             .header(http::header::HOST, &addr)
             .header(http::header::AUTHORIZATION, format!("Bearer {key}"))

@@ -18,6 +18,7 @@ use crate::controllers::children::Child;
 use crate::controllers::context::Context;
 use crate::crd::{AuthMode, SessionLivedBackend};
 use crate::names;
+use crate::sidecar::session::{SESSION_ENV, Session};
 
 impl Child for Pod {
     const KIND: &'static str = "Pod";
@@ -82,10 +83,14 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
     // A backend that dies is over: its session state is gone, so it is never restarted.
     template.restart_policy = Some("Never".to_string());
 
+    // The session's settings, for the application (and its sidecar's `GET /session`). A warm
+    // pod has none until claimed (`expect_claim` takes them out again).
+    let session = serde_json::to_string(&session_of(backend)).expect("a session serializes");
     if let Some(app) = template.containers.first_mut() {
         let env = app.env.get_or_insert_with(Vec::new);
-        env.retain(|e| e.name != "PORT");
+        env.retain(|e| e.name != "PORT" && e.name != SESSION_ENV);
         env.push(env_var("PORT", spec.http_port.to_string()));
+        env.push(env_var(SESSION_ENV, session.clone()));
         if !spec.sidecar.inject {
             name_app_port(app, spec.http_port);
         }
@@ -93,7 +98,9 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
 
     if spec.sidecar.inject {
         let token = spec.auth.mode == AuthMode::Token;
-        template.containers.push(sidecar_container(spec.http_port, token, sidecar));
+        let mut container = sidecar_container(spec.http_port, token, sidecar);
+        container.env.get_or_insert_with(Vec::new).push(env_var(SESSION_ENV, session));
+        template.containers.push(container);
         if token {
             template.volumes.get_or_insert_with(Vec::new).push(Volume {
                 name: TOKEN_VOLUME.to_string(),
@@ -121,6 +128,16 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
     Pod { metadata, spec: Some(template), status: None }
 }
 
+/// What the application learns about its session (see `sidecar::session`).
+pub fn session_of(backend: &SessionLivedBackend) -> Session {
+    Session {
+        namespace: backend.namespace().unwrap_or_default(),
+        backend: backend.name_any(),
+        key: backend.annotations().get(crate::client::names::CONNECT_KEY_ANNOTATION).cloned(),
+        values: backend.spec.values.clone(),
+    }
+}
+
 /// Gives the application's port the name the ingress NetworkPolicy opens: the template's own
 /// entry for that port when it has no name, else an entry of our own (a port may be listed
 /// twice; the API server only warns).
@@ -138,6 +155,9 @@ fn name_app_port(app: &mut Container, http_port: i32) {
 /// Has the sidecar of `pod` (a pool's warm pod) wait for its claim: it reads the claim key from
 /// the mounted Secret instead of a token.
 pub fn expect_claim(pod: &mut Pod) {
+    for container in pod.spec.iter_mut().flat_map(|s| s.containers.iter_mut()) {
+        container.env.iter_mut().for_each(|env| env.retain(|e| e.name != SESSION_ENV));
+    }
     let containers = pod.spec.iter_mut().flat_map(|s| s.containers.iter_mut());
     for sidecar in containers.filter(|c| c.name == names::SIDECAR_CONTAINER) {
         for var in sidecar.env.iter_mut().flatten().filter(|v| v.name == TOKEN_FILE_ENV) {
@@ -280,6 +300,26 @@ mod tests {
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.containers[0].name, "app");
         assert_eq!(env(&spec.containers[0], "PORT"), Some("3000"));
+    }
+
+    #[test]
+    fn a_cold_pod_carries_its_session_and_a_warm_pod_none_until_claimed() {
+        let mut backend = SessionLivedBackend::test();
+        backend.spec.values = BTreeMap::from([("ROOM".to_string(), "blue".to_string())]);
+        backend.metadata.annotations =
+            Some(BTreeMap::from([(crate::client::names::CONNECT_KEY_ANNOTATION.to_string(), "doc 42".to_string())]));
+        let mut pod = build_pod(&backend, &SidecarConfig::default());
+        let spec = pod.spec.as_ref().unwrap();
+        let expected =
+            serde_json::json!({"namespace": "room", "backend": "game", "key": "doc 42", "values": {"ROOM": "blue"}});
+        for container in [&spec.containers[0], sidecar(&pod).unwrap()] {
+            let session: serde_json::Value = serde_json::from_str(env(container, SESSION_ENV).unwrap()).unwrap();
+            assert_eq!(session, expected, "{}", container.name);
+        }
+        expect_claim(&mut pod);
+        for container in &pod.spec.as_ref().unwrap().containers {
+            assert_eq!(env(container, SESSION_ENV), None, "{}", container.name);
+        }
     }
 
     #[test]

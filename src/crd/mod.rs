@@ -8,6 +8,8 @@ mod pool;
 mod schema;
 mod status;
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResource;
@@ -97,6 +99,12 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
         "reason": "FieldValueInvalid"
     },
     {
+        "rule": "has(self.values) == has(oldSelf.values) && (!has(self.values) || self.values == oldSelf.values)",
+        "message": "spec.values is immutable: the session's settings are delivered once, when its pod is made or claimed",
+        "fieldPath": ".values",
+        "reason": "FieldValueInvalid"
+    },
+    {
         "rule": "self.gracePeriodSeconds == oldSelf.gracePeriodSeconds",
         "message": "spec.gracePeriodSeconds is immutable: the sweeper keeps the value the backend's pod was made with",
         "fieldPath": ".gracePeriodSeconds",
@@ -144,6 +152,15 @@ pub struct SessionLivedBackendSpec {
     /// lifetime limits stay the backend's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_ref: Option<PoolRef>,
+
+    /// Settings of this session for the application (a document id, a room title, a user's
+    /// locale...): up to 32 values, keys like environment variable names. The application reads
+    /// them, with the connect key, from its sidecar at `GET http://127.0.0.1:9081/session` —
+    /// for a warm pod once it is claimed, so they reach a pod that started before the session
+    /// did. A cold backend's containers also get them as `SPAWNER_SESSION` (JSON). Immutable.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "schema::session_values")]
+    pub values: BTreeMap<String, String>,
 
     /// Seconds a backend may stay with no live connection (no open WebSocket, no HTTP request in
     /// flight) before it is swept. Counted from Ready when no one ever connected.

@@ -77,6 +77,7 @@ impl SessionLivedBackendPoolSpec {
             sidecar: self.sidecar.clone(),
             auth: self.auth.clone(),
             egress: self.egress,
+            values: Default::default(),
         }
     }
 }

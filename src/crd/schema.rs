@@ -8,6 +8,26 @@
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
+/// Largest number of session values, and of bytes in one.
+pub const MAX_VALUES: usize = 32;
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// Schema of `spec.values`: a small string map with environment-variable-like keys (the CEL
+/// rule's cost is bounded by `maxProperties` and the keys' length limit in the pattern).
+pub fn session_values(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "description": "Settings of this session for the application: up to 32 values of at most 1024 bytes, keys like environment variable names. Read by the application from its sidecar (GET http://127.0.0.1:9081/session). Immutable.",
+        "maxProperties": MAX_VALUES,
+        "additionalProperties": {"type": "string", "maxLength": MAX_VALUE_BYTES},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, size(k) <= 63 && k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))",
+            "message": "spec.values keys are like environment variable names: letters, digits and _, not starting with a digit, at most 63 characters",
+            "reason": "FieldValueInvalid"
+        }]
+    })
+}
+
 /// Schema of a backend's optional `spec.template` (the same as a pool's).
 pub fn optional_pod_template(generator: &mut SchemaGenerator) -> Schema {
     pod_template(generator)

@@ -1,7 +1,8 @@
 //! The admin port (never routed by the Service): the event stream for the sweeper, health,
-//! readiness and metrics.
+//! readiness and metrics, the claim, and the session for the application.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 use super::claim::{CLAIM_PATH, Claim, ClaimRequest, Refusal};
 use super::event::{EVENTS_PATH, HEARTBEAT};
 use super::metrics::Metrics;
+use super::session::{SESSION_PATH, Slot, wait_from_query};
 use super::state::{Snapshot, Tracker};
 
 /// Least time between two change events on one stream: a burst of requests becomes one event
@@ -34,10 +36,12 @@ pub struct Admin {
     pub draining: AtomicBool,
     /// A warm pod's claim state (`POST /claim`).
     pub claim: Option<Arc<Claim>>,
+    /// The session's settings (`GET /session`).
+    pub session: Slot,
 }
 
-/// Largest claim request body.
-const MAX_CLAIM_BYTES: usize = 4096;
+/// Largest claim request body: a token and a session of 32 values of 1 KiB, with room.
+const MAX_CLAIM_BYTES: usize = 64 * 1024;
 
 fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
@@ -47,7 +51,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
 }
 
 impl Admin {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<AdminBody>, Infallible> {
         if req.uri().path() == CLAIM_PATH {
             return Ok(self.claim(req).await);
         }
@@ -55,6 +63,7 @@ impl Admin {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
         }
         Ok(match req.uri().path() {
+            SESSION_PATH => self.session(req.uri().query(), peer).await,
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 if self.draining.load(Ordering::Relaxed) {
@@ -99,6 +108,9 @@ impl Admin {
         match claim.claim(&key, &request) {
             Ok(()) => {
                 tracing::info!(backend = %request.backend, "claimed");
+                if let Some(session) = request.session {
+                    self.session.set(session);
+                }
                 // The session starts now: idle time before the claim is the pool's, not the
                 // backend's.
                 self.tracker.restart_idle();
@@ -107,6 +119,28 @@ impl Admin {
             Err(Refusal::BadKey) => text(StatusCode::UNAUTHORIZED, "wrong or missing claim key\n"),
             Err(Refusal::OtherBackend) => text(StatusCode::CONFLICT, "already claimed by another backend\n"),
             Err(Refusal::BadToken) => text(StatusCode::BAD_REQUEST, "unusable token\n"),
+        }
+    }
+}
+
+impl Admin {
+    /// `GET /session`: the application's, so only from the pod's loopback (the sweeper and the
+    /// controller reach this port too).
+    async fn session(&self, query: Option<&str>, peer: SocketAddr) -> Response<AdminBody> {
+        if !peer.ip().is_loopback() {
+            return text(StatusCode::FORBIDDEN, "the session is served to the pod's own containers only\n");
+        }
+        let Some(wait) = wait_from_query(query) else {
+            return text(StatusCode::BAD_REQUEST, "wait must be a number of seconds\n");
+        };
+        match self.session.wait(wait).await {
+            Some(session) => {
+                let body = serde_json::to_vec(&*session).expect("a session serializes");
+                let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            None => text(StatusCode::NO_CONTENT, ""),
         }
     }
 }
@@ -140,4 +174,26 @@ fn events(rx: watch::Receiver<Snapshot>) -> Response<AdminBody> {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::session::Session;
+
+    #[tokio::test]
+    async fn the_session_is_served_to_the_pods_own_loopback_only() {
+        let session = Session { namespace: "ns".into(), backend: "b".into(), ..Default::default() };
+        let admin = Admin {
+            tracker: Tracker::new(),
+            metrics: Arc::new(Metrics::new()),
+            draining: AtomicBool::new(false),
+            claim: None,
+            session: Slot::new(Some(session)),
+        };
+        let from_sweeper = admin.session(None, "10.244.0.9:40000".parse().unwrap()).await;
+        assert_eq!(from_sweeper.status(), StatusCode::FORBIDDEN);
+        let from_app = admin.session(None, "127.0.0.1:40000".parse().unwrap()).await;
+        assert_eq!(from_app.status(), StatusCode::OK);
+    }
 }

@@ -38,6 +38,9 @@ pub struct ClaimRequest {
     /// The backend's token; absent for a backend without auth (anyone may then connect).
     #[serde(default)]
     pub token: Option<String>,
+    /// The session's settings, for the application (`GET /session`).
+    #[serde(default)]
+    pub session: Option<super::session::Session>,
 }
 
 /// Who may use the public port of a claimed pod.
@@ -111,7 +114,7 @@ mod tests {
     use super::*;
 
     fn request(backend: &str, token: &str) -> ClaimRequest {
-        ClaimRequest { backend: backend.into(), token: Some(token.into()) }
+        ClaimRequest { backend: backend.into(), token: Some(token.into()), session: None }
     }
 
     fn token_of(claim: &Claim) -> Arc<Auth> {
@@ -153,7 +156,7 @@ mod tests {
     #[test]
     fn a_backend_without_auth_claims_with_no_token_and_is_open() {
         let claim = Claim::new("k").unwrap();
-        claim.claim(b"k", &ClaimRequest { backend: "uid-a".into(), token: None }).unwrap();
+        claim.claim(b"k", &ClaimRequest { backend: "uid-a".into(), token: None, session: None }).unwrap();
         assert!(matches!(*claim.current().unwrap(), Claimed::Open));
     }
 }

@@ -63,6 +63,13 @@ pub struct Config {
     pub threads: usize,
     #[arg(long, env = "SPAWNER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The session's settings, JSON (a cold backend's; a warm pod's come with the claim).
+    #[arg(long, env = super::session::SESSION_ENV, value_parser = parse_session)]
+    pub session: Option<super::session::Session>,
+}
+
+fn parse_session(s: &str) -> Result<super::session::Session, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a session: {e}"))
 }
 
 fn secs(s: f64) -> Duration {

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;
+pub mod session;
 pub mod splice;
 pub mod state;
 pub mod tasks;
@@ -91,7 +92,8 @@ impl Sidecar {
             close_upgraded: CancellationToken::new(),
             close_timeout: config.close_timeout(),
         });
-        let admin = Arc::new(admin::Admin { tracker, metrics, draining: Default::default(), claim });
+        let session = session::Slot::new(config.session.clone());
+        let admin = Arc::new(admin::Admin { tracker, metrics, draining: Default::default(), claim, session });
         Ok(Self { config, proxy_listener, admin_listener, proxy, admin })
     }
 
@@ -157,9 +159,9 @@ impl Sidecar {
             let admin = admin.clone();
             let stop = stop_admin.clone();
             let conns = admin_conns.clone();
-            tokio::spawn(accept_loop(admin_listener, stop.clone(), move |tcp, _peer| {
+            tokio::spawn(accept_loop(admin_listener, stop.clone(), move |tcp, peer| {
                 let admin = admin.clone();
-                let svc = service_fn(move |req| admin.clone().handle(req));
+                let svc = service_fn(move |req| admin.clone().handle(req, peer));
                 let conn = server.serve_connection(TokioIo::new(tcp), svc);
                 let stop = stop.clone();
                 conns.spawn(async move {

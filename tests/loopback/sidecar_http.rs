@@ -575,3 +575,30 @@ async fn a_claim_without_a_token_opens_the_pod_and_restarts_its_idle_time() {
     assert!(after.idle_ms < before.idle_ms, "the session's idle time starts at the claim");
     assert_eq!(get(sidecar.proxy, "/").await.unwrap().status, StatusCode::OK, "no auth: open to anyone");
 }
+
+/// The session's settings reach the application from its sidecar: a cold backend's at once (from
+/// `SPAWNER_SESSION`), a warm pod's with the claim — and a reader that asked before the claim
+/// gets them the moment it lands.
+#[tokio::test]
+async fn the_app_reads_its_session_from_the_sidecar_cold_or_after_the_claim() {
+    let session = r#"{"namespace":"games","backend":"room-1","key":"room 1","values":{"TITLE":"Blue room"}}"#;
+    let expected: serde_json::Value = serde_json::from_str(session).unwrap();
+    let (_app, cold) = app_and_sidecar(&["--session", session]).await;
+    let reply = get(cold.admin, "/session").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&reply.text()).unwrap(), expected);
+
+    let key = token_file("claim-key-3\n");
+    let (_app, warm) = app_and_sidecar(&["--claim-key-file", key.path()]).await;
+    assert_eq!(get(warm.admin, "/session?wait=0").await.unwrap().status, StatusCode::NO_CONTENT, "not claimed yet");
+    let admin = warm.admin;
+    let waiting = tokio::spawn(async move { get(admin, "/session?wait=60").await });
+    let claimed =
+        claim_with(warm.admin, "claim-key-3", &format!(r#"{{"backend":"uid-s","token":"tok-s","session":{session}}}"#))
+            .await;
+    assert!(claimed.starts_with("HTTP/1.1 200"), "{claimed}");
+    let reply = waiting.await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&reply.text()).unwrap(), expected);
+    assert_eq!(get(warm.admin, "/session?wait=soon").await.unwrap().status, StatusCode::BAD_REQUEST);
+}
