@@ -1,3 +1,5 @@
+//! Kept on bare hyper: only the accept loop is hand-written; axum::serve would bring in axum for it.
+//!
 //! The small plain-HTTP server the controller and the sweeper run for the kubelet's probes and
 //! Prometheus: one accept loop with graceful shutdown, and the few response shapes they need.
 //! (The sidecar's admin port streams events and has its own server.)

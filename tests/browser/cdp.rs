@@ -1,3 +1,5 @@
+//! Kept over chromiumoxide (111k lines of generated CDP, reqwest, a 2nd WebSocket stack) and fantoccini (chromedriver).
+//!
 //! A small Chrome DevTools Protocol client: starts headless Chromium, opens pages, evaluates
 //! JavaScript, clicks with real mouse events and takes screenshots. Just what the browser tests
 //! need, over the WebSocket the browser itself serves.
