@@ -1,7 +1,9 @@
+//! Kept on bare hyper: only the accept loop is hand-written; axum::serve would bring in axum for it.
+//!
 //! The small plain-HTTP server the controller, the sweeper and the router run for the kubelet's
 //! probes, Prometheus and (the router) nginx's route lookups: one accept loop with graceful
 //! shutdown, and the few response shapes they need. (The sidecar's admin port streams events and
-//! has its own server.) hyper serves the connections; what is left here is the accept loop.
+//! has its own server.)
 
 use std::convert::Infallible;
 

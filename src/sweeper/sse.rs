@@ -1,3 +1,5 @@
+//! Kept over eventsource-stream 0.2 and sse-stream 0.3: neither bounds a line's or an event's size.
+//!
 //! A minimal, bounded Server-Sent Events parser: enough of the SSE format to read the sidecar's
 //! stream (`data:` lines, comments, blank-line dispatch), and strict about size so a broken peer
 //! cannot make the sweeper buffer without limit.

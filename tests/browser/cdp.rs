@@ -1,3 +1,5 @@
+//! Kept over chromiumoxide (111k lines of generated CDP, reqwest, a 2nd WebSocket stack) and fantoccini (chromedriver).
+//!
 //! A small Chrome DevTools Protocol client: starts headless Chromium, opens pages, evaluates
 //! JavaScript, clicks with real mouse events and takes screenshots. Just what the browser tests
 //! need, over the WebSocket the browser itself serves.
@@ -8,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -190,40 +193,8 @@ impl Page {
         // A background tab produces no frames to capture: bring this one to the front first.
         self.call("Page.bringToFront", json!({})).await;
         let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
-        let png = base64_decode(shot["data"].as_str().unwrap());
+        let png = BASE64_STANDARD.decode(shot["data"].as_str().unwrap()).expect("DevTools sends standard base64");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
     }
-}
-
-/// Standard base64 (what DevTools returns), without pulling in a crate for one call.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &c)| n | (u32::from(value(c)) << (18 - 6 * i)));
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    out
-}
-
-#[test]
-fn base64_decodes_padded_and_unpadded_input() {
-    assert_eq!(base64_decode("aGVsbG8="), b"hello");
-    assert_eq!(base64_decode("aGk="), b"hi");
-    assert_eq!(base64_decode("YWJj"), b"abc");
 }

@@ -12,7 +12,6 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("containernetworking-plugins", "CNI bridge, host-local, portmap, loopback"),
     ("iptables", "kube-proxy and CNI rules"),
     ("conntrack", "kube-proxy"),
-    ("openssl", "cluster certificates"),
     ("curl", "the cluster's health checks"),
     ("nginx", "the reverse proxy image and the sidecar benchmark"),
     ("haproxy", "the sidecar benchmark's reference"),

@@ -2,17 +2,27 @@
 //! local files, written as an OCI image-layout tar (`oci-layout`, `index.json`, `blobs/sha256/*`
 //! with the config, the manifest and a gzip layer). It also carries a Docker-style
 //! `manifest.json`, so the same tar loads with `ctr -n k8s.io images import`, `docker load` and
-//! `kind load image-archive`.
+//! `kind load image-archive`. The OCI documents are `oci-spec` types; Docker's `manifest.json`
+//! has none, so it stays plain JSON.
 //!
 //! The output is reproducible: fixed timestamps, uid/gid 0, sorted entries, so the same inputs
 //! give the same image digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
+use oci_spec::image::{
+    ANNOTATION_REF_NAME, Arch, ConfigBuilder, Descriptor, Digest, HistoryBuilder, ImageConfiguration,
+    ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType, OciLayoutBuilder, Os,
+    PlatformBuilder, RootFsBuilder, SCHEMA_VERSION, Sha256Digest,
+};
+use sha2::{Digest as _, Sha256};
+
+/// The fixed creation time that keeps the config, and so the digests, reproducible.
+const EPOCH: &str = "1970-01-01T00:00:00Z";
 
 /// What goes into an image.
 #[derive(Debug, Clone, Default)]
@@ -55,75 +65,29 @@ pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<Built> {
     let layer_gz = gz.finish()?;
     let layer_digest = sha256_hex(&layer_gz);
 
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, "PATH=/usr/local/bin:/usr/bin:/bin".to_string());
-    }
-    let mut config = serde_json::json!({
-        "Env": env,
-        "Entrypoint": spec.entrypoint,
-        "User": spec.user,
-    });
-    if !spec.cmd.is_empty() {
-        config["Cmd"] = serde_json::json!(spec.cmd);
-    }
-    if !spec.workdir.is_empty() {
-        config["WorkingDir"] = serde_json::json!(spec.workdir);
-    }
-    if !spec.exposed_ports.is_empty() {
-        let ports: serde_json::Map<String, serde_json::Value> =
-            spec.exposed_ports.iter().map(|p| (format!("{p}/tcp"), serde_json::json!({}))).collect();
-        config["ExposedPorts"] = serde_json::Value::Object(ports);
-    }
-    if !spec.labels.is_empty() {
-        config["Labels"] = serde_json::json!(spec.labels);
-    }
-    let config_blob = serde_json::to_vec(&serde_json::json!({
-        "created": "1970-01-01T00:00:00Z",
-        "architecture": "amd64",
-        "os": "linux",
-        "config": config,
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "spawner xtask oci::build_image" }],
-    }))?;
+    let config_blob = canonical_json(&image_config(spec, &diff_id)?)?;
     let config_digest = sha256_hex(&config_blob);
-    let manifest_blob = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": format!("sha256:{config_digest}"),
-            "size": config_blob.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": format!("sha256:{layer_digest}"),
-            "size": layer_gz.len(),
-        }],
-    }))?;
+    let config = Descriptor::new(MediaType::ImageConfig, config_blob.len() as u64, oci_digest(&config_digest)?);
+    let layer = Descriptor::new(MediaType::ImageLayerGzip, layer_gz.len() as u64, oci_digest(&layer_digest)?);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(vec![layer])
+        .build()?;
+    let manifest_blob = canonical_json(&manifest)?;
     let manifest_digest = sha256_hex(&manifest_blob);
     let content_tag = format!("{tag}-{}", &manifest_digest[..12]);
     // The same manifest under both tags: one entry per name, as `ctr images import` reads them.
-    let entries: Vec<serde_json::Value> = [&tag, &content_tag]
-        .iter()
-        .map(|t| {
-            serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": format!("sha256:{manifest_digest}"),
-                "size": manifest_blob.len(),
-                "platform": { "architecture": "amd64", "os": "linux" },
-                "annotations": {
-                    "io.containerd.image.name": format!("{repo}:{t}"),
-                    "org.opencontainers.image.ref.name": t,
-                },
-            })
-        })
-        .collect();
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": entries,
-    }))?;
+    let manifest = Descriptor::new(MediaType::ImageManifest, manifest_blob.len() as u64, oci_digest(&manifest_digest)?);
+    let entries = [&tag, &content_tag].map(|t| index_entry(&manifest, &repo, t));
+    let index = ImageIndexBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageIndex)
+        .manifests(entries.into_iter().collect::<Result<Vec<_>>>()?)
+        .build()?;
+    let index = canonical_json(&index)?;
+    let oci_layout = canonical_json(&OciLayoutBuilder::default().image_layout_version("1.0.0").build()?)?;
     let docker_manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": format!("blobs/sha256/{config_digest}"),
         "RepoTags": [format!("{repo}:{tag}"), format!("{repo}:{content_tag}")],
@@ -143,10 +107,64 @@ pub fn build_image_to(spec: &ImageSpec, out: &Path) -> Result<Built> {
     append(&mut tar, &format!("blobs/sha256/{manifest_digest}"), &manifest_blob, 0o644)?;
     append(&mut tar, "index.json", &index, 0o644)?;
     append(&mut tar, "manifest.json", &docker_manifest, 0o644)?;
-    append(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
+    append(&mut tar, "oci-layout", &oci_layout, 0o644)?;
     tar.into_inner()?.flush()?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(Built { path: out.to_path_buf(), content_ref: format!("{repo}:{content_tag}") })
+}
+
+/// The image's config blob: what to run, as whom, and the single layer's uncompressed digest.
+fn image_config(spec: &ImageSpec, diff_id: &str) -> Result<ImageConfiguration> {
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, "PATH=/usr/local/bin:/usr/bin:/bin".to_string());
+    }
+    let mut config = ConfigBuilder::default().env(env).entrypoint(spec.entrypoint.clone()).user(spec.user.clone());
+    if !spec.cmd.is_empty() {
+        config = config.cmd(spec.cmd.clone());
+    }
+    if !spec.workdir.is_empty() {
+        config = config.working_dir(spec.workdir.clone());
+    }
+    if !spec.exposed_ports.is_empty() {
+        config = config.exposed_ports(spec.exposed_ports.iter().map(|p| format!("{p}/tcp")).collect::<Vec<_>>());
+    }
+    if !spec.labels.is_empty() {
+        config = config.labels(spec.labels.clone().into_iter().collect::<HashMap<_, _>>());
+    }
+    let history = HistoryBuilder::default().created(EPOCH).created_by("spawner xtask oci::build_image").build()?;
+    Ok(ImageConfigurationBuilder::default()
+        .created(EPOCH)
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(config.build()?)
+        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(vec![format!("sha256:{diff_id}")]).build()?)
+        .history(vec![history])
+        .build()?)
+}
+
+/// The index's entry for `manifest` under `repo:tag`, named the ways containerd and the OCI spec
+/// look for it.
+fn index_entry(manifest: &Descriptor, repo: &str, tag: &str) -> Result<Descriptor> {
+    let mut entry = manifest.clone();
+    entry.set_platform(Some(PlatformBuilder::default().architecture(Arch::Amd64).os(Os::Linux).build()?));
+    entry.set_annotations(Some(HashMap::from([
+        ("io.containerd.image.name".to_string(), format!("{repo}:{tag}")),
+        (ANNOTATION_REF_NAME.to_string(), tag.to_string()),
+    ])));
+    Ok(entry)
+}
+
+/// JSON with every object's keys sorted: oci-spec keeps labels, ports and annotations in
+/// `HashMap`s, whose order changes from run to run, and the digests must not.
+fn canonical_json(document: &impl serde::Serialize) -> Result<Vec<u8>> {
+    let mut value = serde_json::to_value(document)?;
+    value.sort_all_objects();
+    Ok(serde_json::to_vec(&value)?)
+}
+
+fn oci_digest(sha256_hex: &str) -> Result<Digest> {
+    Ok(Sha256Digest::from_str(sha256_hex)?.into())
 }
 
 /// `registry/repo:tag` -> (`registry/repo`, `tag`); the tag defaults to `latest`.
@@ -254,6 +272,9 @@ mod tests {
             dirs: vec![("/tmp".into(), 0o1777)],
             entrypoint: vec!["/usr/bin/hello".into()],
             user: "65534".into(),
+            // Two of each: oci-spec keeps them in HashMaps, whose order must not reach the digest.
+            exposed_ports: vec![8080, 9090],
+            labels: [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into(),
             ..Default::default()
         };
         let a = build_image_to(&spec, &dir.join("a.tar")).unwrap();

@@ -1,18 +1,27 @@
-//! Certificates (one CA signs all, EC P-256, made with the `openssl` CLI), the service-account
-//! key pair and the kubeconfigs of the components and of the admin. Existing files are kept, so
-//! `up` after `up` reuses them.
+//! Certificates (one CA signs all, EC P-256, made with `rcgen`), the service-account key pair
+//! and the kubeconfigs of the components and of the admin. Existing files are kept, so `up`
+//! after `up` reuses them.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType,
+};
 
-use super::{API_PORT, KUBERNETES_SERVICE_IP, Layout, NODE_IP, NODE_NAME, cmd, run, write_file};
+use super::{API_PORT, KUBERNETES_SERVICE_IP, Layout, NODE_IP, NODE_NAME, write_file};
+
+/// How long every certificate is valid: a local cluster is remade long before.
+const VALIDITY_DAYS: i64 = 3650;
 
 struct Leaf {
     name: &'static str,
     ca: &'static str,
     cn: String,
-    orgs: &'static [&'static str],
+    /// One organization at most: rcgen's subject holds one value per attribute type.
+    org: Option<&'static str>,
     dns: Vec<String>,
     ips: Vec<String>,
     server: bool,
@@ -24,24 +33,12 @@ pub fn ensure(layout: &Layout) -> Result<()> {
     // "ca" signs everything; "front-proxy-ca" only the API server's aggregation-layer client.
     for (ca, cn) in [("ca", "spawner-local-ca"), ("front-proxy-ca", "spawner-local-front-proxy-ca")] {
         if !pki.join(format!("{ca}.crt")).exists() {
-            key(&pki.join(format!("{ca}.key")))?;
-            run(cmd("openssl")
-                .args(["req", "-x509", "-new", "-sha256", "-days", "3650", "-subj", &format!("/CN={cn}")])
-                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
-                .arg("-key")
-                .arg(pki.join(format!("{ca}.key")))
-                .arg("-out")
-                .arg(pki.join(format!("{ca}.crt"))))?;
+            make_ca(&pki, ca, cn).with_context(|| format!("making the {ca} certificate"))?;
         }
     }
     if !pki.join("sa.pub").exists() {
-        key(&pki.join("sa.key"))?;
-        run(cmd("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(pki.join("sa.key"))
-            .arg("-out")
-            .arg(pki.join("sa.pub")))?;
+        let key = new_key(&pki.join("sa.key"))?;
+        write_file(&pki.join("sa.pub"), key.public_key_pem())?;
     }
     let localhost = || vec!["localhost".to_string()];
     let leaves = [
@@ -49,7 +46,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "apiserver",
             ca: "ca",
             cn: "kube-apiserver".into(),
-            orgs: &[],
+            org: None,
             dns: [
                 "kubernetes",
                 "kubernetes.default",
@@ -66,7 +63,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "apiserver-kubelet-client",
             ca: "ca",
             cn: "kube-apiserver-kubelet-client".into(),
-            orgs: &["system:masters"],
+            org: Some("system:masters"),
             dns: vec![],
             ips: vec![],
             server: false,
@@ -75,7 +72,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "admin",
             ca: "ca",
             cn: "spawner-admin".into(),
-            orgs: &["system:masters"],
+            org: Some("system:masters"),
             dns: vec![],
             ips: vec![],
             server: false,
@@ -84,7 +81,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "controller-manager",
             ca: "ca",
             cn: "system:kube-controller-manager".into(),
-            orgs: &[],
+            org: None,
             dns: localhost(),
             ips: vec!["127.0.0.1".into()],
             server: true,
@@ -93,7 +90,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "scheduler",
             ca: "ca",
             cn: "system:kube-scheduler".into(),
-            orgs: &[],
+            org: None,
             dns: localhost(),
             ips: vec!["127.0.0.1".into()],
             server: true,
@@ -102,7 +99,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "kubelet",
             ca: "ca",
             cn: format!("system:node:{NODE_NAME}"),
-            orgs: &["system:nodes"],
+            org: Some("system:nodes"),
             dns: vec![NODE_NAME.into(), "localhost".into()],
             ips: vec!["127.0.0.1".into(), NODE_IP.into()],
             server: true,
@@ -111,7 +108,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "kube-proxy",
             ca: "ca",
             cn: "system:kube-proxy".into(),
-            orgs: &[],
+            org: None,
             dns: vec![],
             ips: vec![],
             server: false,
@@ -120,7 +117,7 @@ pub fn ensure(layout: &Layout) -> Result<()> {
             name: "front-proxy-client",
             ca: "front-proxy-ca",
             cn: "front-proxy-client".into(),
-            orgs: &[],
+            org: None,
             dns: vec![],
             ips: vec![],
             server: false,
@@ -146,8 +143,25 @@ pub fn ensure(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-fn key(path: &Path) -> Result<()> {
-    run(cmd("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(path))?;
+/// A fresh P-256 key, written as PKCS#8 PEM readable by its owner only.
+fn new_key(path: &Path) -> Result<KeyPair> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating an EC P-256 key")?;
+    write_private(path, key.serialize_pem())?;
+    Ok(key)
+}
+
+/// Writes `contents` with mode 0600 from the start, so the key is never readable by others.
+fn write_private(path: &Path, contents: String) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, contents.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    // The mode above only applies to a file this call created.
     set_mode(path, 0o600)
 }
 
@@ -157,46 +171,72 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
+/// Subject, validity and the key identifiers every certificate here shares.
+fn params(cn: &str, org: Option<&str>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(org) = org {
+        params.distinguished_name.push(DnType::OrganizationName, org);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(VALIDITY_DAYS);
+    // RFC 5280 wants the issuer's key identifier in every certificate; path builders use it.
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+fn make_ca(pki: &Path, ca: &str, cn: &str) -> Result<()> {
+    let key = new_key(&pki.join(format!("{ca}.key")))?;
+    let mut params = params(cn, None);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let cert = params.self_signed(&key)?;
+    write_file(&pki.join(format!("{ca}.crt")), cert.pem())
+}
+
+/// The CA as found on disk: its subject and key identifier come from its certificate, so leaves
+/// issued now chain to a CA made by an earlier version of this code as well.
+fn load_ca(pki: &Path, ca: &str) -> Result<Issuer<'static, KeyPair>> {
+    let read = |file: String| {
+        let path = pki.join(file);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let key = KeyPair::from_pem(&read(format!("{ca}.key"))?).with_context(|| format!("parsing {ca}.key"))?;
+    Issuer::from_ca_cert_pem(&read(format!("{ca}.crt"))?, key).with_context(|| format!("parsing {ca}.crt"))
+}
+
 fn issue(pki: &Path, leaf: &Leaf) -> Result<()> {
-    let key_path = pki.join(format!("{}.key", leaf.name));
-    let csr = pki.join(format!("{}.csr", leaf.name));
-    let ext = pki.join(format!("{}.ext", leaf.name));
-    key(&key_path)?;
-    let mut subj = format!("/CN={}", leaf.cn);
-    for o in leaf.orgs {
-        subj += &format!("/O={o}");
+    let issuer = load_ca(pki, leaf.ca)?;
+    let key = new_key(&pki.join(format!("{}.key", leaf.name)))?;
+    let mut params = params(&leaf.cn, leaf.org);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = if leaf.server {
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
+    for dns in &leaf.dns {
+        params.subject_alt_names.push(SanType::DnsName(dns.as_str().try_into()?));
     }
-    run(cmd("openssl").args(["req", "-new", "-sha256", "-subj", &subj, "-key"]).arg(&key_path).arg("-out").arg(&csr))?;
-    let mut text =
-        String::from("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n");
-    text += if leaf.server { "extendedKeyUsage=serverAuth,clientAuth\n" } else { "extendedKeyUsage=clientAuth\n" };
-    let sans: Vec<String> =
-        leaf.dns.iter().map(|d| format!("DNS:{d}")).chain(leaf.ips.iter().map(|i| format!("IP:{i}"))).collect();
-    if !sans.is_empty() {
-        text += &format!("subjectAltName={}\n", sans.join(","));
+    for ip in &leaf.ips {
+        params.subject_alt_names.push(SanType::IpAddress(ip.parse().with_context(|| format!("IP {ip}"))?));
     }
-    std::fs::write(&ext, text)?;
-    run(cmd("openssl")
-        .args(["x509", "-req", "-sha256", "-days", "3650", "-CAcreateserial", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(pki.join(format!("{}.crt", leaf.ca)))
-        .arg("-CAkey")
-        .arg(pki.join(format!("{}.key", leaf.ca)))
-        .arg("-extfile")
-        .arg(&ext)
-        .arg("-out")
-        .arg(pki.join(format!("{}.crt", leaf.name))))?;
-    let _ = std::fs::remove_file(&csr);
-    let _ = std::fs::remove_file(&ext);
-    Ok(())
+    let cert = params.signed_by(&key, &issuer)?;
+    write_file(&pki.join(format!("{}.crt", leaf.name)), cert.pem())
 }
 
 /// A kubeconfig with the CA and the client certificate embedded (it can be copied elsewhere).
 fn write_kubeconfig(path: &Path, pki: &Path, user: &str, leaf: &str) -> Result<()> {
-    let ca = base64(&std::fs::read(pki.join("ca.crt"))?);
-    let crt = base64(&std::fs::read(pki.join(format!("{leaf}.crt")))?);
-    let key = base64(&std::fs::read(pki.join(format!("{leaf}.key")))?);
+    let base64 = |file: String| -> Result<String> {
+        let path = pki.join(file);
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(BASE64_STANDARD.encode(data))
+    };
+    let ca = base64("ca.crt".into())?;
+    let crt = base64(format!("{leaf}.crt"))?;
+    let key = base64(format!("{leaf}.key"))?;
     let text = format!(
         "apiVersion: v1
 kind: Config
@@ -222,26 +262,45 @@ current-context: spawner-local
     set_mode(path, 0o600)
 }
 
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use base64::prelude::{BASE64_STANDARD, Engine as _};
+    use x509_parser::pem::parse_x509_pem;
+
+    /// Every certificate is signed by its CA and a second run keeps what the first one made.
     #[test]
-    fn base64_matches_rfc4648() {
-        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
-            assert_eq!(super::base64(input.as_bytes()), want);
+    fn every_certificate_chains_to_its_ca_and_reruns_keep_files() {
+        let root = std::env::temp_dir().join(format!("spawner-pki-test-{}", std::process::id()));
+        let layout = super::Layout { root: root.clone() };
+        super::ensure(&layout).unwrap();
+        let pki = layout.pki();
+        let pem = |name: &str| parse_x509_pem(&std::fs::read(pki.join(format!("{name}.crt"))).unwrap()).unwrap().1;
+        let (ca, front_proxy_ca) = (pem("ca"), pem("front-proxy-ca"));
+        let (ca, front_proxy_ca) = (ca.parse_x509().unwrap(), front_proxy_ca.parse_x509().unwrap());
+        for (name, issuer) in [
+            ("ca", &ca),
+            ("apiserver", &ca),
+            ("apiserver-kubelet-client", &ca),
+            ("admin", &ca),
+            ("controller-manager", &ca),
+            ("scheduler", &ca),
+            ("kubelet", &ca),
+            ("kube-proxy", &ca),
+            ("front-proxy-ca", &front_proxy_ca),
+            ("front-proxy-client", &front_proxy_ca),
+        ] {
+            let leaf = pem(name);
+            let cert = leaf.parse_x509().unwrap();
+            assert_eq!(cert.issuer(), issuer.subject(), "{name}");
+            cert.verify_signature(Some(issuer.public_key())).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+        let admin_crt = BASE64_STANDARD.encode(std::fs::read(pki.join("admin.crt")).unwrap());
+        assert!(std::fs::read_to_string(layout.kubeconfig("admin")).unwrap().contains(&admin_crt));
+        let ca_before = std::fs::read(pki.join("ca.crt")).unwrap();
+        let admin_before = std::fs::read(layout.kubeconfig("admin")).unwrap();
+        super::ensure(&layout).unwrap();
+        assert_eq!(std::fs::read(pki.join("ca.crt")).unwrap(), ca_before);
+        assert_eq!(std::fs::read(layout.kubeconfig("admin")).unwrap(), admin_before);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
