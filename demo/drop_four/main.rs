@@ -142,7 +142,7 @@ async fn serve_connection(context: Context, stream: tokio::net::TcpStream, peer:
     let service_context = context.clone();
     let service = service_fn(move |request| {
         let context = service_context.clone();
-        async move { Ok::<_, Infallible>(route(context, request)) }
+        async move { Ok::<_, Infallible>(route(context, request).await) }
     });
     let connection =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
@@ -159,7 +159,7 @@ async fn serve_connection(context: Context, stream: tokio::net::TcpStream, peer:
     }
 }
 
-fn route(context: Context, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(context: Context, request: Request<Incoming>) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/" | "/index.html") => {
             let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
@@ -170,7 +170,35 @@ fn route(context: Context, request: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/ws") => upgrade(context, request),
+        (&Method::GET, "/session") => session().await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The room's session settings, as Spawner delivered them to the sidecar (`spec.values`, the
+/// connect key): how an application learns them, also in a warm pod that started before its
+/// session. 204 without a sidecar session (e.g. run on its own).
+async fn session() -> Response<Full<Bytes>> {
+    let fetched = async {
+        let addr = (std::net::Ipv4Addr::LOCALHOST, spawner::names::SIDECAR_ADMIN_PORT);
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let request = Request::get("/session?wait=0")
+            .header(header::HOST, "localhost")
+            .body(http_body_util::Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    match fetched.await {
+        Ok((StatusCode::OK, body)) => {
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Ok(_) | Err(_) => text(StatusCode::NO_CONTENT, ""),
     }
 }
 

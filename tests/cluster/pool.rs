@@ -1,6 +1,6 @@
 //! Pools on a real node: the controller binary (as its ServiceAccount) keeps warm pods Ready,
 //! replaces them, and lets garbage collection remove them with the pool. Needs the images
-//! (`cargo xtask images`: localhost/spawner/sidecar and localhost/spawner/netcheck).
+//! (`cargo xtask images`: localhost/spawner/sidecar, netcheck and demo-drop-four).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -168,8 +168,13 @@ fn pooled_backend(name: &str, pool: &str) -> spawner::crd::SessionLivedBackend {
 
 /// GET / on the sidecar's public port of `pod`, with `token` if any; the status code.
 async fn status_through_sidecar(pod: &Pod, token: Option<&str>) -> u16 {
+    get_through_sidecar(pod, "/", token).await.0
+}
+
+/// GET `path` on the sidecar's public port of `pod`, with `token` if any; status and raw body.
+async fn get_through_sidecar(pod: &Pod, path: &str, token: Option<&str>) -> (u16, String) {
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("a pod IP");
-    let mut request = format!("GET / HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n");
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
@@ -178,7 +183,8 @@ async fn status_through_sidecar(pod: &Pod, token: Option<&str>) -> u16 {
     tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut response).await.unwrap();
-    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
 }
 
 #[tokio::test]
@@ -396,4 +402,51 @@ async fn a_pod_taken_under_another_controller_key_is_replaced_by_a_cold_start() 
     let mine = env.api::<Pod>().list(&ListParams::default().labels("spawner.dev/backend=carol")).await.unwrap().items;
     let live: Vec<Pod> = mine.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     assert_eq!(names(&live), BTreeSet::from(["carol".to_string()]), "not {taken}");
+}
+
+/// What is per session reaches the application after the claim, and only its own session's: two
+/// backends claim the two warm pods of one pool, each with its own values and connect key, and
+/// each application (the drop-four demo, which shows what its sidecar delivered at /session)
+/// sees exactly its own.
+#[tokio::test]
+async fn each_claimed_pod_gets_its_own_sessions_values_and_key() {
+    let env = TestEnv::new("pool-session").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    let demo: SessionLivedBackendPool = serde_json::from_value(json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": "rooms"},
+        "spec": {"size": 2, "template": {"containers": [
+            {"name": "app", "image": spawner::names::image("demo-drop-four"), "imagePullPolicy": "IfNotPresent"}
+        ]}},
+    }))
+    .unwrap();
+    pools.create(&PostParams::default(), &demo).await.expect("creating the pool");
+    support::wait_for(&pools, "rooms", settled_at(2), WAIT).await;
+
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    for who in ["alice", "carol"] {
+        let mut backend = pooled_backend(who, "rooms");
+        backend.spec.values = [("ROOM".to_string(), format!("{who}'s room"))].into();
+        backend.metadata.annotations = Some([("spawner.dev/connect-key".to_string(), format!("key of {who}"))].into());
+        backends.create(&PostParams::default(), &backend).await.unwrap();
+    }
+    for who in ["alice", "carol"] {
+        let out = env.kubectl(&["wait", "--for=condition=Ready", &format!("slab/{who}"), "--timeout=60s"]);
+        assert!(out.contains("condition met"), "{out}");
+        wait_for_event(&env, who, "Claimed", WAIT).await;
+        let pods = env.api::<Pod>().list(&ListParams::default().labels(&format!("spawner.dev/backend={who}"))).await;
+        let pod = pods.unwrap().items.remove(0);
+        let secret = env.api::<Secret>().get(who).await.expect("the backend's token Secret");
+        let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+        let (status, body) = get_through_sidecar(&pod, "/session", Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        let session: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(
+            session,
+            json!({"namespace": env.namespace, "backend": who, "key": format!("key of {who}"),
+                   "values": {"ROOM": format!("{who}'s room")}}),
+            "{who} read another session's settings, or none"
+        );
+    }
 }
