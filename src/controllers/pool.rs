@@ -74,6 +74,7 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
     let status = SessionLivedBackendPoolStatus {
         ready: plan.ready,
         starting: plan.starting + i32::try_from(created).unwrap_or(i32::MAX),
+        claimed: plan.claimed,
         conditions: vec![ready_condition(&pool, plan.ready, &ctx)],
         observed_generation: pool.metadata.generation,
     };
@@ -109,6 +110,8 @@ struct Plan {
     /// Kept warm pods that are Ready, and still starting.
     ready: i32,
     starting: i32,
+    /// Pods taken from the pool by backends, still live.
+    claimed: i32,
 }
 
 /// Decides, from the pods labelled with the pool (pure, unit tested). Only pods the pool
@@ -120,7 +123,12 @@ fn plan(pool: &SessionLivedBackendPool, pods: Vec<Pod>, hash: &str) -> Plan {
     for pod in pods {
         let controlled =
             pod.owner_references().iter().any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid);
-        if !controlled || pod.metadata.deletion_timestamp.is_some() {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if !controlled {
+            // A claimed pod keeps the pool's label; its backend controls it now.
+            plan.claimed += 1;
             continue;
         }
         let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
@@ -324,7 +332,7 @@ mod tests {
         going.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         let plan = plan(&pool(1), vec![claimed, going], "h1");
         assert!(plan.delete.is_empty());
-        assert_eq!(plan.create, 1);
+        assert_eq!((plan.create, plan.claimed), (1, 1));
     }
 
     #[test]

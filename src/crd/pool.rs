@@ -25,6 +25,7 @@ use super::{AuthSpec, Egress, SessionLivedBackendSpec, SidecarSpec, schema};
     printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.size","description":"Warm pods the pool keeps"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready","description":"Warm pods that are Ready"}"#,
     printcolumn = r#"{"name":"Starting","type":"integer","jsonPath":".status.starting","description":"Warm pods still starting"}"#,
+    printcolumn = r#"{"name":"Claimed","type":"integer","jsonPath":".status.claimed","description":"Pods taken from the pool by live backends"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +93,9 @@ pub struct SessionLivedBackendPoolStatus {
     /// Warm pods of the current template still starting (or unable to start: see the pods).
     #[serde(default)]
     pub starting: i32,
+    /// Pods taken from the pool by backends that are still live.
+    #[serde(default)]
+    pub claimed: i32,
     /// `Ready`: True once every warm pod of `size` is Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -233,6 +233,9 @@ async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills
     .await;
     assert!(names(&refilled).contains(&pod.name_any()), "the claimed pod keeps its pool label");
     support::wait_for(&pools, "room", settled_at(2), WAIT).await;
+    let claimed_one =
+        |p: Option<&SessionLivedBackendPool>| p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.claimed == 1);
+    support::wait_for(&pools, "room", claimed_one, WAIT).await;
     // The gauges come from the controller's cache of pools, which may trail the API by a moment.
     let deadline = std::time::Instant::now() + WAIT;
     let metrics = loop {
