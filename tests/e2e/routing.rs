@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use kube::api::{DeleteParams, PostParams};
 use spawner::client::Backends;
-use spawner::crd::{SessionLivedBackend, SessionLivedBackendPool};
+use spawner::crd::{AuthMode, PoolRef, SessionLivedBackend, SessionLivedBackendPool};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{self, READY_WITHIN, TestEnv, wait_for};
@@ -27,22 +27,15 @@ fn ready(backend: Option<&SessionLivedBackend>) -> bool {
         .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A drop-four backend: from `pool`, or cold from the demo's template.
+/// A drop-four backend with token auth: from `pool`, or cold from the demo's template.
 fn drop_four(pool: Option<&str>, name: &str) -> SessionLivedBackend {
-    let shape = match pool {
-        Some(pool) => serde_json::json!({"poolRef": {"name": pool}}),
-        None => serde_json::json!({
-            "gracePeriodSeconds": 300,
-            "template": {"containers": [{"name": "application", "image": spawner::names::image("demo-drop-four")}]}
-        }),
-    };
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1",
-        "kind": "SessionLivedBackend",
-        "metadata": {"name": name},
-        "spec": shape,
-    }))
-    .expect("a valid backend")
+    let mut backend = support::demo_backend(name, 300);
+    backend.spec.auth.mode = AuthMode::Token;
+    if let Some(pool) = pool {
+        backend.spec.template = None;
+        backend.spec.pool_ref = Some(PoolRef { name: pool.into() });
+    }
+    backend
 }
 
 fn demo_pool(name: &str, size: i32, auth: &str) -> SessionLivedBackendPool {
@@ -131,9 +124,8 @@ async fn e2e_requests_sent_right_after_create_are_held_until_ready() {
     let base = support::proxy_base_url(&env.client).await;
     for (pool, name) in [(None, "cold"), (Some("open"), "warm")] {
         let mut backend = drop_four(pool, name);
-        if pool.is_none() {
-            backend.spec.auth.mode = spawner::crd::AuthMode::None;
-        }
+        // No token to wait for: the request goes out right after the create.
+        backend.spec.auth.mode = AuthMode::None;
         let created = api.create(&PostParams::default(), &backend).await.unwrap();
         assert!(created.status.is_none(), "sent before the controller has even seen the backend");
         let path = format!("{base}/p/{}/{name}/", env.namespace);
