@@ -443,9 +443,11 @@ mod tests {
     #[test]
     fn a_pool_replaces_the_image_and_the_pod_shaping_flags() {
         let parse = |args: &[&str]| Cli::try_parse_from(["spawner"].iter().chain(args));
-        let cli = parse(&["create", "--pool", "room", "--wait", "--max-lifetime", "60"]).unwrap();
+        let cli =
+            parse(&["create", "--pool", "room", "--wait", "--max-lifetime", "60", "--value", "ROOM=a=b"]).unwrap();
         let Command::Create(create) = cli.command else { panic!() };
         let backend = create.spec.request(Naming::Name("b".into())).to_backend();
+        assert_eq!(backend.spec.values.get("ROOM").map(String::as_str), Some("a=b"), "values go with a pool");
         assert_eq!(backend.spec.pool_ref.map(|r| r.name).as_deref(), Some("room"));
         assert!(backend.spec.template.is_none());
         assert_eq!(backend.spec.max_lifetime_seconds, Some(60), "the lifetime stays the backend's");
