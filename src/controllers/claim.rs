@@ -96,14 +96,37 @@ pub async fn take(
     namespace: &str,
 ) -> Result<Option<Pod>, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    // The controller's cache first: no round trip, and a stale entry only costs a 409 (every
+    // take is conditional on the pod's resourceVersion). The API server's list when the cache
+    // offers nothing that could be taken (a cache still filling, a warm pod just made Ready).
+    let in_pool =
+        |p: &Pod| p.namespace().as_deref() == Some(namespace) && p.labels().get(POOL_LABEL) == Some(&pool.name_any());
+    let cached: Vec<Pod> = ctx
+        .caches
+        .get::<Pod>()
+        .map(|store| store.state().iter().filter(|p| in_pool(p)).map(|p| (**p).clone()).collect())
+        .unwrap_or_default();
+    if let Some(pod) = take_one(&api, backend, pool, ctx, cached).await? {
+        return Ok(Some(pod));
+    }
     let listed = api
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={}", pool.name_any())))
         .await
         .map_err(|e| Error::api("list", "Pod", &id(backend), e))?;
+    take_one(&api, backend, pool, ctx, listed.items).await
+}
+
+/// Tries `pods` (those that are Ready warm pods of the current template) in random order.
+async fn take_one(
+    api: &Api<Pod>,
+    backend: &SessionLivedBackend,
+    pool: &SessionLivedBackendPool,
+    ctx: &Context,
+    pods: Vec<Pod>,
+) -> Result<Option<Pod>, Error> {
     let hash = pool::template_hash(pool, &ctx.config);
     let pool_uid = pool.metadata.uid.as_deref();
-    let mut warm: Vec<Pod> = listed
-        .items
+    let mut warm: Vec<Pod> = pods
         .into_iter()
         .filter(|p| {
             let controlled =
@@ -153,36 +176,45 @@ pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, na
     let key = ctx.config.claim_keys.for_pod(namespace, &pod.name_any());
     let uid = shaped.metadata.uid.clone().unwrap_or_default();
     let session = crate::controllers::pod::session_of(shaped);
-    match push(&ip, &key, &uid, token.as_deref(), &session).await {
-        Ok(()) => {}
-        Err(Push::Refused(401)) => {
-            // A pod this process cannot claim (made with another controller key): it has
-            // served nobody; delete it so that the backend starts cold.
-            let params = DeleteParams {
-                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
-                ..DeleteParams::background()
-            };
-            let _ = pods.delete(&pod.name_any(), &params).await;
-            return Err(Error::Claim {
-                backend: backend_id,
-                pod: pod.name_any(),
-                message: "its sidecar refused the claim key (made by a controller with another key); deleted it".into(),
-            });
+    // The token goes to the sidecar and to the backend's Secret at once: both must be done
+    // before the pod is marked (and the backend Ready), in either order. A hand-over cut short
+    // is redone with a new token, and no client has seen the old one (the backend was never
+    // Ready); a pod the sidecar refuses leaves the Secret to the cold start, whose pod mounts it.
+    let pushed = async {
+        match push(&ip, &key, &uid, token.as_deref(), &session).await {
+            Ok(()) => Ok(()),
+            Err(Push::Refused(401)) => {
+                // A pod this process cannot claim (made with another controller key): it has
+                // served nobody; delete it so that the backend starts cold.
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                    ..DeleteParams::background()
+                };
+                let _ = pods.delete(&pod.name_any(), &params).await;
+                Err(Error::Claim {
+                    backend: backend_id.clone(),
+                    pod: pod.name_any(),
+                    message: "its sidecar refused the claim key (made by a controller with another key); deleted it"
+                        .into(),
+                })
+            }
+            Err(e) => Err(Error::Claim { backend: backend_id.clone(), pod: pod.name_any(), message: e.to_string() }),
         }
-        Err(e) => return Err(Error::Claim { backend: backend_id, pod: pod.name_any(), message: e.to_string() }),
-    }
-
-    if let Some(token) = token {
+    };
+    let written = async {
+        let Some(token) = &token else { return Ok(()) };
         let mut secret = secret::build_secret(shaped);
-        secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.into_bytes()))]));
+        secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.clone().into_bytes()))]));
         // Replaced if an interrupted hand-over wrote one before: so not immutable.
         secret.immutable = None;
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
         secrets
             .patch(&shaped.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
             .await
-            .map_err(|e| Error::api("apply", "Secret", &backend_id, e))?;
-    }
+            .map(drop)
+            .map_err(|e| Error::api("apply", "Secret", &backend_id, e))
+    };
+    futures::try_join!(pushed, written)?;
 
     let mark = json!({"metadata": {"annotations": {HANDED_OVER_ANNOTATION: uid}}});
     pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&mark))
