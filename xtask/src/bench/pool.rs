@@ -122,6 +122,8 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
     }
     report("cold (no pool), sequential", &cold);
 
+    write_floor(client).await?;
+
     pools.delete(POOL, &DeleteParams::default()).await?;
     pools.create(&PostParams::default(), &pool(OPEN_POOL, args.size, "None")?).await?;
     wait_full(&pools, OPEN_POOL, args.size).await?;
@@ -153,6 +155,29 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
     if !sequential.is_empty() && !cold.is_empty() {
         println!("first byte p50, warm / cold: {:.2}", ratio(&sequential, &cold));
     }
+    Ok(())
+}
+
+/// The reference: one API write by a raw client on the same cluster, 50 times in a row. A claim
+/// cannot beat two of them in sequence (the pod taken, then the status that says Ready).
+async fn write_floor(client: &Client) -> Result<()> {
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let map = serde_json::from_value(serde_json::json!({"metadata": {"name": "write-floor"}}))?;
+    maps.create(&PostParams::default(), &map).await?;
+    let mut writes = Vec::new();
+    for i in 0..50 {
+        let started = Instant::now();
+        let patch = serde_json::json!({"data": {"n": i.to_string()}});
+        maps.patch("write-floor", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        writes.push(started.elapsed());
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("raw client, one API write (ConfigMap patch), 50 in a row:");
+    println!(
+        "    write                   p50 {:7.1} ms   p99 {:7.1} ms   (a claim needs at least two in sequence)",
+        ms(percentile(&writes, 0.5)),
+        ms(percentile(&writes, 0.99))
+    );
     Ok(())
 }
 
