@@ -38,17 +38,13 @@ fn drop_four(pool: Option<&str>, name: &str) -> SessionLivedBackend {
     backend
 }
 
+/// A pool of drop-four pods: the demo backend's pod-shaping fields, `size` warm.
 fn demo_pool(name: &str, size: i32, auth: &str) -> SessionLivedBackendPool {
+    let mut spec = serde_json::to_value(support::demo_backend(name, 300).spec).expect("a spec serializes");
+    spec["size"] = size.into();
+    spec["auth"] = serde_json::json!({"mode": auth});
     serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1",
-        "kind": "SessionLivedBackendPool",
-        "metadata": {"name": name},
-        "spec": {
-            "size": size,
-            "gracePeriodSeconds": 300,
-            "auth": {"mode": auth},
-            "template": {"containers": [{"name": "application", "image": spawner::names::image("demo-drop-four")}]}
-        }
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": name}, "spec": spec,
     }))
     .expect("a valid pool")
 }

@@ -47,8 +47,6 @@ const NONROOT_UID: i64 = 65532;
 pub fn controller() -> Object {
     let name = names::CONTROLLER;
     let container = Container {
-        name: "controller".into(),
-        image: Some(names::image("controller")),
         args: Some(vec![
             format!("--base-url={PROXY_BASE_URL}"),
             format!("--sidecar-image={}", names::image("sidecar")),
@@ -70,58 +68,39 @@ pub fn controller() -> Object {
             read_only: Some(true),
             ..Default::default()
         }]),
-        ports: Some(vec![port("http", CONTROLLER_HTTP_PORT)]),
-        liveness_probe: Some(http_probe("/healthz", CONTROLLER_HTTP_PORT)),
-        readiness_probe: Some(http_probe("/readyz", CONTROLLER_HTTP_PORT)),
-        resources: Some(resources(("50m", "64Mi"), ("1", "256Mi"))),
-        ..hardened()
+        ..serving("controller", ("http", CONTROLLER_HTTP_PORT, "/readyz"), ("50m", "64Mi"), ("1", "256Mi"))
     };
-    Object::new(Deployment {
-        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
-        spec: Some(DeploymentSpec {
-            // Leader election makes a second replica safe; one is enough to start with.
-            replicas: Some(1),
-            selector: selector(name),
-            template: pod_template(
-                name,
-                PodSpec {
-                    service_account_name: Some(name.into()),
-                    containers: vec![container],
-                    // The key warm pods' claim keys are derived from, the same for every replica
-                    // and restart (`cargo xtask deploy` creates it). Optional: without it each
-                    // controller process draws its own, and replaces the warm pods it cannot claim.
-                    volumes: Some(vec![Volume {
-                        name: "claim-key".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(CLAIM_KEY_SECRET.into()),
-                            optional: Some(true),
-                            // The controller runs as a uid that does not own the files.
-                            default_mode: Some(0o444),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..hardened_pod()
-                },
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+    // Leader election makes a second replica safe; one is enough to start with.
+    Object::new(deployment(
+        name,
+        PodSpec {
+            service_account_name: Some(name.into()),
+            containers: vec![container],
+            // The key warm pods' claim keys are derived from, the same for every replica
+            // and restart (`cargo xtask deploy` creates it). Optional: without it each
+            // controller process draws its own, and replaces the warm pods it cannot claim.
+            volumes: Some(vec![Volume {
+                name: "claim-key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(CLAIM_KEY_SECRET.into()),
+                    optional: Some(true),
+                    // The controller runs as a uid that does not own the files.
+                    default_mode: Some(0o444),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..hardened_pod()
+        },
+    ))
 }
 
 pub fn sweeper() -> Object {
     let name = names::SWEEPER;
     let container = Container {
-        name: "sweeper".into(),
-        image: Some(names::image("sweeper")),
         args: Some(vec![format!("--metrics-addr=0.0.0.0:{SWEEPER_HTTP_PORT}"), "--log-format=json".into()]),
         env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
-        ports: Some(vec![port("http", SWEEPER_HTTP_PORT)]),
-        liveness_probe: Some(http_probe("/healthz", SWEEPER_HTTP_PORT)),
-        readiness_probe: Some(http_probe("/healthz", SWEEPER_HTTP_PORT)),
-        resources: Some(resources(("10m", "16Mi"), ("500m", "64Mi"))),
-        ..hardened()
+        ..serving("sweeper", ("http", SWEEPER_HTTP_PORT, "/healthz"), ("10m", "16Mi"), ("500m", "64Mi"))
     };
     Object::new(DaemonSet {
         metadata: meta(name, Some(SYSTEM_NAMESPACE)),
@@ -150,13 +129,7 @@ pub fn proxy() -> Vec<Object> {
         ..Default::default()
     };
     let container = Container {
-        name: "nginx".into(),
-        image: Some(names::image("nginx")),
         args: Some(proxy_config::NGINX_ARGS.iter().map(|a| a.to_string()).collect()),
-        ports: Some(vec![port("http", PROXY_PORT)]),
-        liveness_probe: Some(http_probe("/healthz", PROXY_PORT)),
-        readiness_probe: Some(http_probe("/healthz", PROXY_PORT)),
-        resources: Some(resources(("50m", "32Mi"), ("1", "256Mi"))),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "config".into(),
@@ -166,62 +139,43 @@ pub fn proxy() -> Vec<Object> {
             },
             VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
         ]),
-        ..hardened()
+        ..serving("nginx", ("http", PROXY_PORT, "/healthz"), ("50m", "32Mi"), ("1", "256Mi"))
     };
     let router = Container {
-        name: "router".into(),
-        image: Some(names::image("router")),
         args: Some(vec![
             format!("--route-addr=127.0.0.1:{}", proxy_config::ROUTER_PORT),
             format!("--metrics-addr=0.0.0.0:{ROUTER_HTTP_PORT}"),
             "--log-format=json".into(),
         ]),
-        ports: Some(vec![port("metrics", ROUTER_HTTP_PORT)]),
-        liveness_probe: Some(http_probe("/healthz", ROUTER_HTTP_PORT)),
-        // Out of the proxy Service until the first list of backends is in.
-        readiness_probe: Some(http_probe("/readyz", ROUTER_HTTP_PORT)),
-        resources: Some(resources(("20m", "32Mi"), ("1", "256Mi"))),
         volume_mounts: Some(vec![VolumeMount {
             name: "api-token".into(),
             mount_path: SERVICE_ACCOUNT_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         }]),
-        ..hardened()
+        // Not Ready (so the proxy takes no traffic) until the first list of backends is in.
+        ..serving("router", ("metrics", ROUTER_HTTP_PORT, "/readyz"), ("20m", "32Mi"), ("1", "256Mi"))
     };
-    let deployment = Deployment {
-        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: selector(name),
-            template: pod_template(
-                name,
-                PodSpec {
-                    // The router watches backends; nginx never talks to the API server, so the
-                    // token is mounted into the router's container only (`api-token`).
-                    service_account_name: Some(name.into()),
-                    automount_service_account_token: Some(false),
-                    containers: vec![container, router],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource { name: name.into(), ..Default::default() }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Default::default()
-                        },
-                        service_account_volume("api-token"),
-                    ]),
-                    ..hardened_pod()
+    let deployment = deployment(
+        name,
+        PodSpec {
+            // The router watches backends; nginx never talks to the API server, so the
+            // token is mounted into the router's container only (`api-token`).
+            service_account_name: Some(name.into()),
+            automount_service_account_token: Some(false),
+            containers: vec![container, router],
+            volumes: Some(vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource { name: name.into(), ..Default::default() }),
+                    ..Default::default()
                 },
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+                Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+                service_account_volume("api-token"),
+            ]),
+            ..hardened_pod()
+        },
+    );
     let service = Service {
         metadata: meta(name, Some(SYSTEM_NAMESPACE)),
         spec: Some(ServiceSpec {
@@ -316,6 +270,20 @@ fn service_account_volume(name: &str) -> Volume {
     }
 }
 
+/// One replica of a pod in Spawner's namespace.
+fn deployment(name: &str, pod: PodSpec) -> Deployment {
+    Deployment {
+        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: selector(name),
+            template: pod_template(name, pod),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn pod_template(name: &str, spec: PodSpec) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta { labels: Some(labels(name)), ..Default::default() }),
@@ -342,6 +310,26 @@ fn hardened_pod() -> PodSpec {
         }),
         termination_grace_period_seconds: Some(30),
         ..Default::default()
+    }
+}
+
+/// A hardened container of Spawner's image `component`, serving its probes on one port: liveness
+/// on `/healthz`, readiness on the path given; with its resource requests and limits
+/// (cpu, memory).
+fn serving(
+    component: &str,
+    (port_name, number, ready): (&str, i32, &str),
+    requests: (&str, &str),
+    limits: (&str, &str),
+) -> Container {
+    Container {
+        name: component.into(),
+        image: Some(names::image(component)),
+        ports: Some(vec![port(port_name, number)]),
+        liveness_probe: Some(http_probe("/healthz", number)),
+        readiness_probe: Some(http_probe(ready, number)),
+        resources: Some(resources(requests, limits)),
+        ..hardened()
     }
 }
 
