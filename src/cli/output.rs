@@ -94,8 +94,8 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
             ("Image", container.and_then(|c| c.image.clone()).unwrap_or_else(|| "<none>".into())),
             ("HTTP port", backend.spec.http_port.to_string()),
             ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
-            ("Auth", format!("{:?}", backend.spec.auth.mode)),
-            ("Egress", backend.spec.egress.as_str().to_string()),
+            ("Auth", format!("{:?}", backend.spec.shape.auth.mode)),
+            ("Egress", backend.spec.shape.egress.as_str().to_string()),
         ]),
     }
     lines.extend([

@@ -162,7 +162,7 @@ impl Backends {
             namespace: self.namespace.clone(),
             phase: phase_of(backend),
         })?;
-        if backend.spec.auth.mode == AuthMode::None {
+        if backend.spec.shape.auth.mode == AuthMode::None {
             return Ok(url);
         }
         let token = self.token(&name).await?;

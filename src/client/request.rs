@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::api::ObjectMeta;
 
 use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, PoolRef, SessionLivedBackend,
-    SessionLivedBackendSpec, SidecarSpec,
+    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, PodShape, PoolRef,
+    SessionLivedBackend, SessionLivedBackendSpec, SidecarSpec,
 };
 
 /// How the backend gets its name.
@@ -103,9 +103,11 @@ impl BackendRequest {
             http_port: self.http_port,
             startup_timeout_seconds: self.startup_timeout_seconds,
             max_lifetime_seconds: self.max_lifetime_seconds,
-            sidecar: SidecarSpec::default(),
-            auth: AuthSpec { mode: self.auth },
-            egress: self.egress,
+            shape: PodShape {
+                sidecar: SidecarSpec::default(),
+                auth: AuthSpec { mode: self.auth },
+                egress: self.egress,
+            },
             values: self.values.clone(),
         };
         let mut backend = SessionLivedBackend::new("", spec);

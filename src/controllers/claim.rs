@@ -161,10 +161,10 @@ async fn take_one(
 /// Nothing to do for a pod already marked, a pod made cold, or a pod without a sidecar
 /// (`shaped` is the backend as its pod is made).
 pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, namespace: &str) -> Result<Pod, Error> {
-    if !shaped.spec.sidecar.inject || !is_warm(&pod) || handed_over(&pod, shaped) {
+    if !shaped.spec.shape.sidecar.inject || !is_warm(&pod) || handed_over(&pod, shaped) {
         return Ok(pod);
     }
-    let token_auth = shaped.spec.auth.mode == AuthMode::Token;
+    let token_auth = shaped.spec.shape.auth.mode == AuthMode::Token;
     let backend_id = id(shaped);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).ok_or_else(|| Error::Claim {

@@ -64,11 +64,11 @@ impl BackendExt for SessionLivedBackend {
         self
     }
     fn auth_none(mut self) -> Self {
-        self.spec.auth.mode = AuthMode::None;
+        self.spec.shape.auth.mode = AuthMode::None;
         self
     }
     fn without_sidecar(mut self) -> Self {
-        self.spec.sidecar.inject = false;
+        self.spec.shape.sidecar.inject = false;
         self.auth_none()
     }
     fn created_at(mut self, secs: i64) -> Self {

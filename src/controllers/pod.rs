@@ -91,13 +91,13 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
         env.retain(|e| e.name != "PORT" && e.name != SESSION_ENV);
         env.push(env_var("PORT", spec.http_port.to_string()));
         env.push(env_var(SESSION_ENV, session.clone()));
-        if !spec.sidecar.inject {
+        if !spec.shape.sidecar.inject {
             name_app_port(app, spec.http_port);
         }
     }
 
-    if spec.sidecar.inject {
-        let token = spec.auth.mode == AuthMode::Token;
+    if spec.shape.sidecar.inject {
+        let token = spec.shape.auth.mode == AuthMode::Token;
         let mut container = sidecar_container(spec.http_port, token, sidecar);
         container.env.get_or_insert_with(Vec::new).push(env_var(SESSION_ENV, session));
         template.containers.push(container);
@@ -117,8 +117,11 @@ pub fn build_pod(backend: &SessionLivedBackend, sidecar: &SidecarConfig) -> Pod 
 
     let mut metadata = child_meta(backend);
     // Only on the pod: the Service selects by the other labels.
-    metadata.labels.get_or_insert_with(BTreeMap::new).insert(names::EGRESS_LABEL.into(), spec.egress.as_str().into());
-    if spec.sidecar.inject {
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(names::EGRESS_LABEL.into(), spec.shape.egress.as_str().into());
+    if spec.shape.sidecar.inject {
         // The sweeper on the pod's node reads the grace period here instead of fetching the
         // backend (the field is immutable, so the copy cannot go stale).
         metadata.annotations = Some(
@@ -382,7 +385,7 @@ mod tests {
     #[test]
     fn the_pod_is_labelled_with_its_egress_and_the_service_does_not_select_by_it() {
         let mut backend = SessionLivedBackend::test();
-        backend.spec.egress = crate::crd::Egress::None;
+        backend.spec.shape.egress = crate::crd::Egress::None;
         let pod = build_pod(&backend, &SidecarConfig::default());
         assert_eq!(pod.metadata.labels.unwrap()[names::EGRESS_LABEL], "None");
         let selector = crate::controllers::service::build_service(&backend).spec.unwrap().selector.unwrap();

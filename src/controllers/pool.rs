@@ -190,9 +190,9 @@ fn warm_pod(pool: &SessionLivedBackendPool, config: &Config, name: &str, hash: &
     };
     // Every warm pod with a sidecar waits for its claim, auth or not: it mounts a Secret (with
     // the claim key in the token's place), as a token-auth pod would.
-    let claimable = stand_in.spec.sidecar.inject;
+    let claimable = stand_in.spec.shape.sidecar.inject;
     if claimable {
-        stand_in.spec.auth.mode = AuthMode::Token;
+        stand_in.spec.shape.auth.mode = AuthMode::Token;
     }
     let mut pod = pod::build_pod(&stand_in, &config.sidecar);
     let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);

@@ -19,7 +19,8 @@ impl Child for Secret {
 
     /// Only a backend whose sidecar checks a token has one.
     fn build(backend: &SessionLivedBackend, _: &Context) -> Option<Self> {
-        (backend.spec.sidecar.inject && backend.spec.auth.mode == AuthMode::Token).then(|| build_secret(backend))
+        (backend.spec.shape.sidecar.inject && backend.spec.shape.auth.mode == AuthMode::Token)
+            .then(|| build_secret(backend))
     }
 }
 

@@ -47,7 +47,7 @@ pub fn build_service(backend: &SessionLivedBackend) -> Service {
 /// The pod port that serves `backend`'s HTTP: the sidecar's proxy port, or the application's own
 /// without a sidecar. The Service targets it and the reverse proxy connects to it.
 pub fn serving_port(backend: &SessionLivedBackend) -> i32 {
-    if backend.spec.sidecar.inject { i32::from(names::SIDECAR_PROXY_PORT) } else { backend.spec.http_port }
+    if backend.spec.shape.sidecar.inject { i32::from(names::SIDECAR_PROXY_PORT) } else { backend.spec.http_port }
 }
 
 #[cfg(test)]

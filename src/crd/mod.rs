@@ -186,12 +186,23 @@ pub struct SessionLivedBackendSpec {
     #[schemars(range(min = 1, max = 31536000))]
     pub max_lifetime_seconds: Option<i64>,
 
+    /// `sidecar`, `auth` and `egress`, which a pool has too.
+    #[serde(flatten)]
+    pub shape: PodShape,
+}
+
+/// What a backend's pod is wrapped in and may reach: the fields a backend and a pool share, one
+/// level down in Rust and at the top of their specs in the API.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodShape {
     /// The Spawner sidecar: a reverse proxy in front of the application that counts live
     /// connections, checks the access token and tells the sweeper when the backend is idle.
     #[serde(default)]
     pub sidecar: SidecarSpec,
 
-    /// Who may reach the backend's URL.
+    /// Who may reach the backend's URL. In a pool with `Token`, each warm pod gets a token of
+    /// its own with its claim: a pod serves one session and never returns to the pool.
     #[serde(default)]
     pub auth: AuthSpec,
 

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AuthSpec, Egress, SessionLivedBackendSpec, SidecarSpec, schema};
+use super::{PodShape, SessionLivedBackendSpec, schema};
 
 /// A pool of warm backend pods: started ahead, Ready, never swept while unclaimed, replaced when
 /// the pod-shaping fields change.
@@ -50,18 +50,9 @@ pub struct SessionLivedBackendPoolSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub http_port: i32,
 
-    /// As a backend's `spec.sidecar`.
-    #[serde(default)]
-    pub sidecar: SidecarSpec,
-
-    /// As a backend's `spec.auth`. With `Token`, each warm pod has a token of its own, made with
-    /// it: a pod serves one session and never returns to the pool.
-    #[serde(default)]
-    pub auth: AuthSpec,
-
-    /// As a backend's `spec.egress`.
-    #[serde(default)]
-    pub egress: Egress,
+    /// As a backend's `spec.sidecar`, `spec.auth` and `spec.egress`.
+    #[serde(flatten)]
+    pub shape: PodShape,
 }
 
 impl SessionLivedBackendPoolSpec {
@@ -75,9 +66,7 @@ impl SessionLivedBackendPoolSpec {
             http_port: self.http_port,
             startup_timeout_seconds: None,
             max_lifetime_seconds: None,
-            sidecar: self.sidecar.clone(),
-            auth: self.auth.clone(),
-            egress: self.egress,
+            shape: self.shape.clone(),
             values: Default::default(),
         }
     }

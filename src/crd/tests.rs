@@ -10,8 +10,8 @@ fn the_original_spawner_demo_manifest_parses_into_the_rust_type() {
     assert_eq!(backend.spec.http_port, DEFAULT_HTTP_PORT);
     assert_eq!(backend.spec.template.as_ref().unwrap().containers.len(), 1);
     assert_eq!(backend.spec.template.as_ref().unwrap().containers[0].name, "application");
-    assert!(backend.spec.sidecar.inject);
-    assert_eq!(backend.spec.auth.mode, AuthMode::Token);
+    assert!(backend.spec.shape.sidecar.inject);
+    assert_eq!(backend.spec.shape.auth.mode, AuthMode::Token);
     assert_eq!(backend.spec.max_lifetime_seconds, None);
 }
 

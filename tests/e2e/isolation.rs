@@ -40,7 +40,7 @@ async fn e2e_enforced_a_backend_is_reached_only_through_the_proxy_and_its_admin_
     let api: Api<SessionLivedBackend> = env.api();
     let grace = 20;
     let mut backend = support::demo_backend("room", grace);
-    backend.spec.auth.mode = AuthMode::Token;
+    backend.spec.shape.auth.mode = AuthMode::Token;
     let backend = support::create_ready(&api, &backend).await;
     let ip = backend.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("a Ready backend has a pod IP");
     let token = env.api::<Secret>().get(&backend.name_any()).await.unwrap().data.unwrap()["token"].clone();

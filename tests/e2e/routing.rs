@@ -30,7 +30,7 @@ fn ready(backend: Option<&SessionLivedBackend>) -> bool {
 /// A drop-four backend with token auth: from `pool`, or cold from the demo's template.
 fn drop_four(pool: Option<&str>, name: &str) -> SessionLivedBackend {
     let mut backend = support::demo_backend(name, 300);
-    backend.spec.auth.mode = AuthMode::Token;
+    backend.spec.shape.auth.mode = AuthMode::Token;
     if let Some(pool) = pool {
         backend.spec.template = None;
         backend.spec.pool_ref = Some(PoolRef { name: pool.into() });
@@ -121,7 +121,7 @@ async fn e2e_requests_sent_right_after_create_are_held_until_ready() {
     for (pool, name) in [(None, "cold"), (Some("open"), "warm")] {
         let mut backend = drop_four(pool, name);
         // No token to wait for: the request goes out right after the create.
-        backend.spec.auth.mode = AuthMode::None;
+        backend.spec.shape.auth.mode = AuthMode::None;
         let created = api.create(&PostParams::default(), &backend).await.unwrap();
         assert!(created.status.is_none(), "sent before the controller has even seen the backend");
         let path = format!("{base}/p/{}/{name}/", env.namespace);
