@@ -65,8 +65,13 @@ pub async fn claimed_pod(ctx: &Context, backend: &SessionLivedBackend, namespace
             && children::owned_by(pod, backend)
             && (pod.metadata.deletion_timestamp.is_none() || handed_over(pod, backend))
     };
+    // A cached pod that still waits for its hand-over is read again from the API server: the
+    // reconciliation before this one may have finished the hand-over (and made the backend
+    // Ready) a moment before the cache saw the mark, and handing over again would draw a new
+    // token after clients read the old one.
     if let Some(cache) = ctx.caches.get::<Pod>()
         && let Some(pod) = cache.state().into_iter().find(|p| mine(p))
+        && (!is_warm(&pod) || handed_over(&pod, backend))
     {
         return Ok(Some((*pod).clone()));
     }
