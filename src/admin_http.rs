@@ -1,7 +1,7 @@
 //! Kept on bare hyper: only the accept loop is hand-written; axum::serve would bring in axum for it.
 //!
 //! The small plain-HTTP server the controller, the sweeper and the router run for the kubelet's
-//! probes, Prometheus and (the router) nginx's route lookups: one accept loop with graceful
+//! probes, Prometheus, (the router) nginx's route lookups and (spawner-api) the API: one accept loop with graceful
 //! shutdown, and the few response shapes they need. (The sidecar's admin port streams events and
 //! has its own server.)
 
@@ -29,11 +29,15 @@ where
     serve_async(listener, stop, move |req| std::future::ready(respond(&req))).await;
 }
 
-/// [`serve`] for answers that wait (the router holds a lookup until its backend is Ready).
-pub async fn serve_async<F, Fut>(listener: TcpListener, stop: CancellationToken, respond: F)
+/// [`serve`] for answers that wait (the router holds a lookup until its backend is Ready) or
+/// stream (the API's status events).
+pub async fn serve_async<F, Fut, B>(listener: TcpListener, stop: CancellationToken, respond: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Reply> + Send + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     loop {

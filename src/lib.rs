@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_http;
+pub mod api;
+pub mod backend_cache;
 pub mod backoff;
 pub mod cli;
 pub mod client;
@@ -28,6 +30,8 @@ pub mod names {
     pub const CONTROLLER: &str = "spawner-controller";
     /// ServiceAccount of the sweeper DaemonSet.
     pub const SWEEPER: &str = "spawner-sweeper";
+    /// The HTTP API for web applications (`spawner-api`).
+    pub const API: &str = "spawner-api";
     /// The reverse proxy (nginx) in front of every backend.
     pub const PROXY: &str = "spawner-proxy";
     /// Name of the injected sidecar container.

@@ -51,6 +51,8 @@ pub struct ProxyConfig {
     pub runtime_dir: String,
     /// Worker processes (`auto` = one per core).
     pub worker_processes: String,
+    /// Where `spawner-api` answers (`host:port`); `None`: no `/api/`.
+    pub api_addr: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +64,8 @@ impl Default for ProxyConfig {
             hold_seconds: crate::router::Config::default().hold_cap.as_secs(),
             runtime_dir: "/tmp".into(),
             worker_processes: "auto".into(),
+            // Its Service, resolved when nginx starts (config/default creates both at once).
+            api_addr: Some(format!("{}.{}.svc:80", crate::names::API, crate::names::SYSTEM_NAMESPACE)),
         }
     }
 }
@@ -71,7 +75,50 @@ const LABEL: &str = "[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?";
 
 /// Renders `nginx.conf`.
 pub fn nginx_conf(config: &ProxyConfig) -> String {
-    let ProxyConfig { listen_port, router_addr, hold_seconds, runtime_dir, worker_processes } = config;
+    let ProxyConfig { listen_port, router_addr, hold_seconds, runtime_dir, worker_processes, api_addr } = config;
+    let (api_upstream, api_location) = match api_addr {
+        Some(addr) => (
+            format!(
+                r#"
+    # spawner-api: the HTTP API for web applications.
+    upstream spawner_api {{
+        server {addr};
+        keepalive 16;
+    }}
+"#
+            ),
+            r#"
+        # The API. Keys travel in the Authorization header, which the access log leaves out.
+        location /api/ {
+            proxy_pass http://spawner_api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $spawner_forwarded_proto;
+            proxy_set_header X-Forwarded-Host $http_host;
+            # Status streams: pass events on as they come, allow long quiet spells.
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+            # The API answers 413 itself (as JSON) past its own limit; nginx past this one.
+            client_max_body_size 1m;
+            error_page 413 = @spawner_api_too_large;
+            error_page 502 503 504 = @spawner_api_down;
+        }
+
+        location @spawner_api_too_large {
+            default_type application/json;
+            return 413 "{\"error\":\"payload_too_large\",\"message\":\"the body exceeds 1 MiB\"}\n";
+        }
+
+        location @spawner_api_down {
+            default_type application/json;
+            return 503 "{\"error\":\"unavailable\",\"message\":\"the Spawner API is not reachable; retry shortly\"}\n";
+        }
+"#
+            .to_string(),
+        ),
+        None => (String::new(), String::new()),
+    };
     let run = runtime_dir.trim_end_matches('/');
     let p = PATH_PREFIX;
     // A held lookup ends at the router's cap; nginx gives it a little longer to say so.
@@ -118,7 +165,7 @@ http {{
         server {router_addr};
         keepalive 16;
     }}
-
+{api_upstream}
     # WebSocket upgrades pass through; other requests close the upstream connection (there is
     # no upstream keep-alive pool when the upstream is a variable).
     map $http_upgrade $spawner_connection {{
@@ -237,6 +284,7 @@ http {{
             return 502 "{{\"error\":\"backend unavailable\",\"namespace\":\"$spawner_ns\",\"backend\":\"$spawner_backend\"}}\n";
         }}
 
+{api_location}
         location / {{
             default_type application/json;
             return 404 "{{\"error\":\"not found\",\"hint\":\"backends are served under {p}/<namespace>/<name>/\"}}\n";
@@ -270,6 +318,8 @@ mod tests {
             "proxy_read_timeout 1h;",
             "proxy_buffering off;",
             "proxy_set_header X-Forwarded-Prefix $spawner_prefix;",
+            "server spawner-api.spawner-system.svc:80;",
+            "location /api/ {",
         ] {
             assert!(conf.contains(line), "missing {line:?} in:\n{conf}");
         }

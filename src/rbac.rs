@@ -11,6 +11,9 @@ pub enum Scope {
     Cluster,
     /// Only in Spawner's own namespace (a Role bound by a RoleBinding).
     SystemNamespace,
+    /// Only in the namespaces it is granted one by one: a ClusterRole `<name>-served` that
+    /// [`served_binding`] binds in each (`spawner api-key create` does, for its namespaces).
+    ServedNamespace,
 }
 
 /// Some verbs on one resource.
@@ -22,10 +25,17 @@ pub struct Permission {
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
     pub scope: Scope,
+    /// Only these objects (empty: all). List and watch then need a `metadata.name` field
+    /// selector.
+    pub resource_names: &'static [&'static str],
 }
 
 const fn cluster(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Permission {
-    Permission { group, resource, verbs, scope: Scope::Cluster }
+    Permission { group, resource, verbs, scope: Scope::Cluster, resource_names: &[] }
+}
+
+const fn served(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Permission {
+    Permission { group, resource, verbs, scope: Scope::ServedNamespace, resource_names: &[] }
 }
 
 /// The controller: reconciles backends into Pods, Services and token Secrets, writes status and
@@ -53,6 +63,7 @@ pub const CONTROLLER: &[Permission] = &[
         resource: "leases",
         verbs: &["get", "create", "update"],
         scope: Scope::SystemNamespace,
+        resource_names: &[],
     },
 ];
 
@@ -67,6 +78,24 @@ pub const SWEEPER: &[Permission] = &[
 /// address), nothing else.
 pub const ROUTER: &[Permission] = &[cluster("spawner.dev", "sessionlivedbackends", &["list", "watch"])];
 
+/// spawner-api: reads every backend (its status streams and limits), and in the namespaces it
+/// is granted makes backends from pools, deletes them and reads their tokens. In Spawner's
+/// namespace it reads the keys Secret and no other.
+pub const API: &[Permission] = &[
+    cluster("spawner.dev", "sessionlivedbackends", &["list", "watch"]),
+    served("spawner.dev", "sessionlivedbackends", &["get", "create", "delete"]),
+    served("spawner.dev", "sessionlivedbackendpools", &["get"]),
+    // The token a caller gets with its backend.
+    served("", "secrets", &["get"]),
+    Permission {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::SystemNamespace,
+        resource_names: &[crate::api::keys::KEYS_SECRET],
+    },
+];
+
 /// A binary that talks to the API server, with its ServiceAccount and permissions.
 #[derive(Clone, Copy, Debug)]
 pub struct Role {
@@ -80,4 +109,41 @@ pub const ROLES: &[Role] = &[
     Role { name: crate::names::CONTROLLER, permissions: CONTROLLER },
     Role { name: crate::names::SWEEPER, permissions: SWEEPER },
     Role { name: crate::names::PROXY, permissions: ROUTER },
+    Role { name: crate::names::API, permissions: API },
 ];
+
+/// Name of the ClusterRole holding `role`'s [`Scope::ServedNamespace`] permissions.
+pub fn served_role_name(role: &Role) -> String {
+    format!("{}-served", role.name)
+}
+
+/// The RoleBinding that grants `role` its [`Scope::ServedNamespace`] permissions in `namespace`.
+pub fn served_binding(role: &Role, namespace: &str) -> k8s_openapi::api::rbac::v1::RoleBinding {
+    use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+    RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(role.name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(crate::names::MANAGED_BY_LABEL.to_string(), crate::names::MANAGED_BY_VALUE.to_string())].into(),
+            ),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: served_role_name(role),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: role.name.into(),
+            namespace: Some(crate::names::SYSTEM_NAMESPACE.into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// The API's role.
+pub fn api_role() -> &'static Role {
+    ROLES.iter().find(|r| r.name == crate::names::API).expect("the API has a role")
+}

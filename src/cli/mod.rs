@@ -111,10 +111,38 @@ pub enum Command {
     /// Get or create the backend for KEY and print its URL once Ready. The same key always
     /// reaches the same live backend, however many callers race; a Failed one is replaced.
     Connect(ConnectArgs),
+    /// Manage the keys web applications call spawner-api with.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
     /// Print a shell completion script (e.g. `spawner completions bash > /etc/bash_completion.d/spawner`).
     Completions {
         /// Shell to complete for.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApiKeyCommand {
+    /// Make a key for the namespace (-n) and print it: it is shown only this once. Grants
+    /// spawner-api the namespace.
+    Create {
+        /// Pool the key may make backends from (repeatable; `*` for any).
+        #[arg(long = "pool", value_name = "POOL", required = true)]
+        pools: Vec<String>,
+        /// Live backends the key may have at once.
+        #[arg(long, default_value_t = 10)]
+        max_backends: u32,
+        /// A label for people (what the key is for).
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the keys (ids and scopes; the keys themselves are not stored).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Revoke a key by id.
+    Revoke {
+        /// The key's id (`spawner api-key list`).
+        id: String,
     },
 }
 
@@ -247,6 +275,65 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+async fn api_key(
+    command: ApiKeyCommand,
+    scope: &Backends,
+    format: Format,
+    print: &mut dyn FnMut(String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    use crate::api::keys::admin;
+    match command {
+        ApiKeyCommand::Create { pools, max_backends, name } => {
+            let new = admin::create(&scope.client, &name, vec![scope.namespace.clone()], pools, max_backends).await?;
+            match format {
+                Format::Text => {
+                    eprintln!("API key {} for namespace {:?} (shown only now):", new.id, scope.namespace);
+                    print(format!("{}\n", new.key))
+                }
+                _ => print(output::structured(
+                    format,
+                    &serde_json::json!({"id": new.id, "key": new.key, "record": new.record}),
+                )?),
+            }
+        }
+        ApiKeyCommand::List => {
+            let keys = admin::list(&scope.client).await?;
+            match format {
+                Format::Text if keys.is_empty() => {
+                    eprintln!("No API keys.");
+                    Ok(())
+                }
+                Format::Text => {
+                    let mut table = format!(
+                        "{:<13} {:<16} {:<20} {:<24} {:>4}  {}\n",
+                        "ID", "NAME", "NAMESPACES", "POOLS", "MAX", "CREATED"
+                    );
+                    for (id, r) in &keys {
+                        table += &format!(
+                            "{:<13} {:<16} {:<20} {:<24} {:>4}  {}\n",
+                            id,
+                            r.name,
+                            r.namespaces.join(","),
+                            r.pools.join(","),
+                            r.max_backends,
+                            r.created
+                        );
+                    }
+                    print(table)
+                }
+                _ => print(output::structured(format, &keys)?),
+            }
+        }
+        ApiKeyCommand::Revoke { id } => {
+            admin::revoke(&scope.client, &id).await?;
+            match format {
+                Format::Text => print(format!("revoked {id}\n")),
+                _ => print(output::structured(format, &serde_json::json!({"revoked": id}))?),
+            }
+        }
+    }
+}
+
 /// Loads the client configuration the way kubectl does.
 async fn client_config(global: &Global) -> Result<Config, Error> {
     let options = KubeConfigOptions { context: global.context.clone(), ..Default::default() };
@@ -279,6 +366,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "spawner", &mut buf);
             print(String::from_utf8_lossy(&buf).into_owned())
+        }
+        Command::ApiKey(command) => {
+            let scope = scope(&cli.global).await?;
+            api_key(command, &scope, format, &mut print).await
         }
         Command::Create(args) => {
             let naming = match (args.name, args.generate_name) {

@@ -166,11 +166,11 @@ impl Backends {
             return Ok(url);
         }
         let token = self.token(&name).await?;
-        let separator = if url.contains('?') { '&' } else { '?' };
-        Ok(format!("{url}{separator}token={}", query_escape(&token)))
+        Ok(url_with_token(&url, &token))
     }
 
-    async fn token(&self, name: &str) -> Result<String, Error> {
+    /// The backend's access token, from its Secret.
+    pub async fn token(&self, name: &str) -> Result<String, Error> {
         let token_error =
             |reason: String| Error::Token { name: name.into(), namespace: self.namespace.clone(), reason };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -194,6 +194,28 @@ impl Backends {
         request: &BackendRequest,
         timeout: Duration,
     ) -> Result<SessionLivedBackend, Error> {
+        self.connect_until(key, request, timeout, Until::Ready).await.map(|(backend, _)| backend)
+    }
+
+    /// [`Backends::connect`] that answers as soon as the key's backend exists and is not over
+    /// (it may still be starting), and says whether this call created it. `timeout` bounds the
+    /// replacement of a failed backend.
+    pub async fn connect_started(
+        &self,
+        key: &str,
+        request: &BackendRequest,
+        timeout: Duration,
+    ) -> Result<(SessionLivedBackend, bool), Error> {
+        self.connect_until(key, request, timeout, Until::Started).await
+    }
+
+    async fn connect_until(
+        &self,
+        key: &str,
+        request: &BackendRequest,
+        timeout: Duration,
+        until: Until,
+    ) -> Result<(SessionLivedBackend, bool), Error> {
         check_key(key)?;
         let name = name_for_key(key);
         let mut request = request.clone();
@@ -226,9 +248,10 @@ impl Backends {
             }
             let ours = created_uid.is_some() && backend.uid() == created_uid;
             match state(&backend) {
-                State::Ready => return Ok(backend),
+                State::Ready => return Ok((backend, ours)),
+                State::Starting if until == Until::Started => return Ok((backend, ours)),
                 State::Starting => match self.wait_ready(&name, left).await {
-                    Ok(ready) => return Ok(ready),
+                    Ok(ready) => return Ok((ready, ours)),
                     Err(e @ Error::Failed { .. }) if ours => return Err(e),
                     // Said with the caller's timeout, not what was left of it.
                     Err(Error::Timeout { name, namespace, state, phase, why, .. }) => {
@@ -261,6 +284,20 @@ impl Backends {
             }
         }
     }
+}
+
+/// How far [`Backends::connect_until`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Until {
+    Started,
+    Ready,
+}
+
+/// `url` with the backend's token as the `?token=` a browser brings (the sidecar turns it into
+/// a cookie).
+pub fn url_with_token(url: &str, token: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}token={}", query_escape(token))
 }
 
 /// Percent-encodes everything but unreserved characters (tokens are URL-safe already; this is

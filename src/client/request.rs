@@ -42,6 +42,7 @@ pub struct BackendRequest {
     pub auth: AuthMode,
     pub egress: Egress,
     pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// The session's settings (`spec.values`).
     pub values: BTreeMap<String, String>,
 }
@@ -69,6 +70,7 @@ impl BackendRequest {
             auth: AuthMode::Token,
             egress: Egress::default(),
             annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
             values: BTreeMap::new(),
         }
     }
@@ -115,6 +117,7 @@ impl BackendRequest {
             name,
             generate_name,
             annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
+            labels: (!self.labels.is_empty()).then(|| self.labels.clone()),
             ..Default::default()
         };
         backend

@@ -21,30 +21,24 @@
 mod verdict;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::Client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use verdict::{Refusal, Verdict, verdict};
 
 use crate::admin_http::{self, Reply};
-use crate::backoff::Backoff;
-use crate::crd::SessionLivedBackend;
-use crate::text::ErrorChain;
+use crate::backend_cache::{self, BackendCache};
+pub use crate::backend_cache::{Feed, watch};
 
 /// The header nginx reads the backend's address from.
 pub const UPSTREAM_HEADER: &str = "x-spawner-upstream";
@@ -72,79 +66,37 @@ impl Default for Config {
 /// for this much longer, so the client gets the controller's reason rather than a bare timeout.
 const FAILED_SLACK: Duration = Duration::from_secs(2);
 
-/// The backends as the watch has them, and a wake-up for requests held on them.
+/// The backends as the watch has them, and what a held request may wait.
 #[derive(Clone)]
 pub struct Routes {
-    store: Store<SessionLivedBackend>,
-    changed: Arc<Notify>,
-    /// The first list is in (the router is ready).
-    listed: Arc<AtomicBool>,
-    /// The watch is live: a backend missing from the table does not exist (give or take the
-    /// watch's lag).
-    current: Arc<AtomicBool>,
+    cache: BackendCache,
     config: Config,
     metrics: Metrics,
 }
 
-/// Feeds [`Routes`]: every watch event goes into the store, then wakes the held requests.
-pub struct Feed {
-    writer: reflector::store::Writer<SessionLivedBackend>,
-    changed: Arc<Notify>,
-    listed: Arc<AtomicBool>,
-    current: Arc<AtomicBool>,
-}
-
-impl Feed {
-    pub fn apply(&mut self, event: &watcher::Event<SessionLivedBackend>) {
-        self.writer.apply_watcher_event(event);
-        match event {
-            watcher::Event::InitDone => {
-                self.listed.store(true, Ordering::Release);
-                self.current.store(true, Ordering::Release);
-            }
-            // Only a live watch (after a list) delivers these.
-            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.current.store(true, Ordering::Release),
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-        }
-        self.changed.notify_waiters();
-    }
-
-    /// The watch failed: until it is back, the table may lack backends created since.
-    pub fn broken(&mut self) {
-        self.current.store(false, Ordering::Release);
-    }
-}
-
 /// An empty table and the feed that fills it.
 pub fn routes(config: Config) -> (Routes, Feed) {
-    let (store, writer) = reflector::store();
-    let changed = Arc::new(Notify::new());
-    let (listed, current) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let routes = Routes {
-        store,
-        changed: changed.clone(),
-        listed: listed.clone(),
-        current: current.clone(),
-        config,
-        metrics: Metrics::default(),
-    };
-    (routes, Feed { writer, changed, listed, current })
+    let (cache, feed) = backend_cache::cache();
+    (Routes::new(cache, config), feed)
 }
 
 impl Routes {
+    pub fn new(cache: BackendCache, config: Config) -> Routes {
+        Routes { cache, config, metrics: Metrics::default() }
+    }
+
     /// Where to send `namespace/name`'s traffic, waiting while it starts; `Err` is the error
     /// to answer with instead.
     pub async fn resolve(&self, namespace: &str, name: &str) -> Result<std::net::SocketAddr, Refusal> {
-        let key = ObjectRef::new(name).within(namespace);
         let started = tokio::time::Instant::now();
         let cap = started + self.config.hold_cap;
         let mut held = Held::new(&self.metrics.held);
         loop {
             // Registered before looking, so a change between the look and the wait is not lost.
-            let notified = self.changed.notified();
+            let notified = self.cache.changed();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let backend = self.store.get(&key);
+            let backend = self.cache.get(namespace, name);
             let deadline = match verdict(backend.as_deref(), Timestamp::now()) {
                 Verdict::Route(addr) => {
                     self.metrics.observe("routed", started);
@@ -156,7 +108,7 @@ impl Routes {
                 }
                 // Before the first list, or while the watch is broken, a backend created since
                 // looks unknown: wait for the watch.
-                Verdict::Missing if !self.current.load(Ordering::Acquire) => cap,
+                Verdict::Missing if !self.cache.is_current() => cap,
                 Verdict::Missing => started + self.config.appear_wait,
                 Verdict::Starting { remaining } => {
                     let left = remaining.map_or(FAILED_SLACK, |r| r + FAILED_SLACK);
@@ -181,7 +133,7 @@ impl Routes {
     /// The error for `namespace/name` as it stands, without waiting (nginx asks after a
     /// refused lookup).
     pub fn explain(&self, namespace: &str, name: &str) -> Refusal {
-        let backend = self.store.get(&ObjectRef::new(name).within(namespace));
+        let backend = self.cache.get(namespace, name);
         match verdict(backend.as_deref(), Timestamp::now()) {
             Verdict::Refused(refusal) => refusal,
             Verdict::Missing => Refusal::missing(),
@@ -235,7 +187,7 @@ impl Routes {
 
     /// Whether the first list of backends is in.
     pub fn is_synced(&self) -> bool {
-        self.listed.load(Ordering::Acquire)
+        self.cache.is_synced()
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {
@@ -306,38 +258,6 @@ impl Metrics {
         r.register("lookups", "Route lookups answered, by result (routed, refused, timeout)", self.lookups.clone());
         r.register("lookup_wait_seconds", "Time a route lookup was held before its answer", self.wait.clone());
         r.register("lookups_held", "Route lookups waiting now (for a backend to start or appear)", self.held.clone());
-    }
-}
-
-/// Keeps `feed` in step with the backends (of `namespace`, or all) until `stop`.
-pub async fn watch(client: Client, namespace: Option<&str>, mut feed: Feed, stop: CancellationToken) {
-    let api: Api<SessionLivedBackend> = match namespace {
-        Some(namespace) => Api::namespaced(client, namespace),
-        None => Api::all(client),
-    };
-    // kube's default backoff grows to 30 s while the API server is away; backends created
-    // after it comes back would wait that long to be routed. One watch can afford a 10 s cap.
-    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-    // The router needs the status and little else; managed fields are most of an object.
-    let events = watcher(api, watcher::Config::default()).backoff(backoff).modify(|backend| {
-        backend.managed_fields_mut().clear();
-    });
-    let mut events = std::pin::pin!(events);
-    loop {
-        let event = tokio::select! {
-            () = stop.cancelled() => return,
-            event = events.next() => event,
-        };
-        match event {
-            None => return,
-            Some(Ok(event)) => feed.apply(&event),
-            // The watcher retries by itself. Routes already known keep being served meanwhile;
-            // a request for an unknown backend waits, as it may be one created since.
-            Some(Err(err)) => {
-                tracing::warn!(error = %ErrorChain(&err), "backend watch failed; retrying");
-                feed.broken();
-            }
-        }
     }
 }
 

@@ -140,3 +140,52 @@ async fn e2e_two_tabs_play_drop_four_through_the_proxy_in_the_cluster() {
     wait_until_served(&url).await;
     two_tabs_play(&url, "cluster").await;
 }
+
+/// The demo's lobby, a web application over spawner-api (deployed by `cargo xtask deploy`, and
+/// by `cargo xtask test` on the local cluster, at NodePort 30081): one player starts a New game
+/// and enters the room, the other joins with the room code; they play; both leave, and the
+/// room's backend is swept after the demo pool's grace period.
+#[tokio::test]
+async fn e2e_lobby_new_game_then_join_by_code_then_both_leave_and_the_room_is_swept() {
+    use kube::ResourceExt;
+    use kube::runtime::wait::{await_condition, conditions};
+    const LOBBY: &str = "http://127.0.0.1:30081/";
+    // The demo pool's gracePeriodSeconds, and time for the sweeper and garbage collection.
+    const SWEPT_WITHIN: Duration = Duration::from_secs(60 + 120);
+
+    let browser = Browser::launch().await;
+    let red = browser.open(LOBBY).await;
+    red.wait_until("!!document.getElementById('new')", WAIT, "the lobby's page").await;
+    red.click("#new").await;
+    red.wait_until("!!document.getElementById('room-code')", WAIT, "the new room's code").await;
+    let code = red.eval("document.getElementById('room-code').textContent").await;
+    let code = code.as_str().expect("a room code").to_owned();
+    let room = red.eval("document.getElementById('play').href").await.as_str().expect("the room's link").to_owned();
+    red.click("#play").await;
+    red.wait_until("!!(window.dropFour && dropFour.role === 'red')", WAIT, "the first player seated as red").await;
+
+    let yellow = browser.open(LOBBY).await;
+    yellow.wait_until("!!document.getElementById('code')", WAIT, "the lobby's page").await;
+    yellow.eval(&format!("document.getElementById('code').value = {code:?}")).await;
+    yellow.click("#join").await;
+    seated(&yellow, "yellow").await;
+    seated(&red, "red").await;
+    let joined = yellow.eval("location.href").await;
+    assert_eq!(joined.as_str(), Some(room.as_str()), "Join with the code reaches the room New game made");
+    red.click(&cell(0, 2)).await;
+    yellow.wait_until(&shows(5, 2, "red"), WAIT, "red's disc on yellow's board").await;
+    let dir = artifacts();
+    red.screenshot(&dir.join("lobby-red.png")).await;
+    yellow.screenshot(&dir.join("lobby-yellow.png")).await;
+
+    // /p/<namespace>/<name>/?token=...
+    let path: Vec<&str> = room.split("/p/").nth(1).expect("a backend URL").split('/').collect();
+    let (namespace, name) = (path[0], path[1]);
+    let client = kube::Client::try_from(support::config().await).unwrap();
+    let api: kube::Api<spawner::crd::SessionLivedBackend> = kube::Api::namespaced(client, namespace);
+    let uid = api.get(name).await.expect("the room's backend").uid().unwrap();
+    // Both players leave: the browser and its WebSockets go.
+    drop((red, yellow, browser));
+    let swept = tokio::time::timeout(SWEPT_WITHIN, await_condition(api, name, conditions::is_deleted(&uid))).await;
+    assert!(matches!(swept, Ok(Ok(_))), "the room {namespace}/{name} was not swept within {SWEPT_WITHIN:?}: {swept:?}");
+}

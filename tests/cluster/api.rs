@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::conditions;
 use spawner::crd::SessionLivedBackend;
 use spawner::names::SYSTEM_NAMESPACE;
+use spawner::rbac::{Permission, Role, Scope};
 
 use crate::support::{self, TestEnv};
 
@@ -196,7 +198,13 @@ async fn config_default_passes_server_side_dry_run() {
     }
 }
 
-async fn allowed(client: &kube::Client, namespace: &str, p: &spawner::rbac::Permission, verb: &str) -> bool {
+async fn allowed(
+    client: &kube::Client,
+    namespace: &str,
+    p: &spawner::rbac::Permission,
+    verb: &str,
+    name: Option<&str>,
+) -> bool {
     let (resource, subresource) = match p.resource.split_once('/') {
         Some((r, s)) => (r, Some(s.to_string())),
         None => (p.resource, None),
@@ -209,6 +217,7 @@ async fn allowed(client: &kube::Client, namespace: &str, p: &spawner::rbac::Perm
                 subresource,
                 verb: Some(verb.into()),
                 namespace: Some(namespace.into()),
+                name: name.map(String::from),
                 ..Default::default()
             }),
             ..Default::default()
@@ -222,28 +231,91 @@ async fn allowed(client: &kube::Client, namespace: &str, p: &spawner::rbac::Perm
     answer.status.is_some_and(|s| s.allowed)
 }
 
+/// Where a permission is checked: the test namespace (cluster-wide ones, and served ones once
+/// bound there), or Spawner's own.
+fn where_checked(scope: Scope, test_namespace: &str) -> &str {
+    match scope {
+        Scope::Cluster | Scope::ServedNamespace => test_namespace,
+        Scope::SystemNamespace => SYSTEM_NAMESPACE,
+    }
+}
+
+/// Every verb `role` declares on `p`'s resource in `namespace` for the object `name`: the union
+/// of its permissions that apply there.
+fn declared<'a>(
+    role: &'a Role,
+    p: &Permission,
+    namespace: &str,
+    test_namespace: &str,
+    name: Option<&str>,
+) -> Vec<&'a str> {
+    role.permissions
+        .iter()
+        .filter(|q| q.group == p.group && q.resource == p.resource)
+        .filter(|q| q.scope == Scope::Cluster || where_checked(q.scope, test_namespace) == namespace)
+        .filter(|q| q.resource_names.is_empty() || name.is_some_and(|n| q.resource_names.contains(&n)))
+        .flat_map(|q| q.verbs.iter().copied())
+        .collect()
+}
+
+const VERBS: [&str; 8] = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+
 #[tokio::test]
 async fn the_generated_rbac_grants_exactly_the_declared_verbs() {
     let env = TestEnv::new("rbac").await;
     support::install_crd(&env.client).await;
     support::apply_rbac();
+    // Served permissions apply where they are bound, as `spawner api-key create` binds them.
+    let unserved = format!("{}-unserved", env.namespace);
+    for role in spawner::rbac::ROLES.iter().filter(|r| r.permissions.iter().any(|p| p.scope == Scope::ServedNamespace))
+    {
+        let binding = spawner::rbac::served_binding(role, &env.namespace);
+        env.api::<RoleBinding>().create(&PostParams::default(), &binding).await.expect("served binding");
+    }
 
     for role in spawner::rbac::ROLES {
         let client = support::client_as_service_account(SYSTEM_NAMESPACE, role.name).await;
         for p in role.permissions {
-            let namespace = match p.scope {
-                spawner::rbac::Scope::Cluster => env.namespace.as_str(),
-                spawner::rbac::Scope::SystemNamespace => SYSTEM_NAMESPACE,
-            };
+            let namespace = where_checked(p.scope, &env.namespace);
+            let name = p.resource_names.first().copied();
+            let verbs = declared(role, p, namespace, &env.namespace, name);
             for verb in p.verbs {
-                assert!(allowed(&client, namespace, p, verb).await, "{} may not {verb} {}", role.name, p.resource);
+                assert!(
+                    allowed(&client, namespace, p, verb, name).await,
+                    "{} may not {verb} {} in {namespace}",
+                    role.name,
+                    p.resource
+                );
             }
             // Every permission is exactly its verbs: the verbs it does not list are refused.
-            for verb in ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"] {
-                if !p.verbs.contains(&verb) {
+            for verb in VERBS.iter().filter(|v| !verbs.contains(v)) {
+                assert!(
+                    !allowed(&client, namespace, p, verb, name).await,
+                    "{} may {verb} {} in {namespace} but does not declare it",
+                    role.name,
+                    p.resource
+                );
+            }
+            // A permission on named objects does not reach the others.
+            if name.is_some() {
+                let others = declared(role, p, namespace, &env.namespace, Some("spawner-claim-key"));
+                for verb in VERBS.iter().filter(|v| !others.contains(v)) {
                     assert!(
-                        !allowed(&client, namespace, p, verb).await,
-                        "{} may {verb} {} but does not declare it",
+                        !allowed(&client, namespace, p, verb, Some("spawner-claim-key")).await,
+                        "{} may {verb} any {} in {namespace}, not only {:?}",
+                        role.name,
+                        p.resource,
+                        p.resource_names
+                    );
+                }
+            }
+            // A served permission does not reach a namespace it is not bound in.
+            if p.scope == Scope::ServedNamespace {
+                let beyond = declared(role, p, &unserved, &env.namespace, name);
+                for verb in p.verbs.iter().filter(|v| !beyond.contains(v)) {
+                    assert!(
+                        !allowed(&client, &unserved, p, verb, name).await,
+                        "{} may {verb} {} in {unserved}, where it is not bound",
                         role.name,
                         p.resource
                     );

@@ -9,6 +9,7 @@
 //! The API server outage test is not here but in tests/outage: it stops the API server, so it
 //! has a test binary of its own.
 
+mod api;
 mod isolation;
 mod kind;
 mod kind_cluster;

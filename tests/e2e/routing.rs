@@ -13,7 +13,7 @@ use spawner::client::Backends;
 use spawner::crd::{AuthMode, PoolRef, SessionLivedBackend, SessionLivedBackendPool};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{self, READY_WITHIN, TestEnv, wait_for};
+use crate::support::{self, READY_WITHIN, TestEnv, demo_pool, wait_for};
 
 /// Backends per kind (cold, warm) in the first-request test: 200 first requests in all.
 const PER_KIND: usize = 100;
@@ -36,17 +36,6 @@ fn drop_four(pool: Option<&str>, name: &str) -> SessionLivedBackend {
         backend.spec.pool_ref = Some(PoolRef { name: pool.into() });
     }
     backend
-}
-
-/// A pool of drop-four pods: the demo backend's pod-shaping fields, `size` warm.
-fn demo_pool(name: &str, size: i32, auth: &str) -> SessionLivedBackendPool {
-    let mut spec = serde_json::to_value(support::demo_backend(name, 300).spec).expect("a spec serializes");
-    spec["size"] = size.into();
-    spec["auth"] = serde_json::json!({"mode": auth});
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("a valid pool")
 }
 
 /// One GET of `url` with a plain HTTP/1.1 client: status and body.

@@ -64,3 +64,29 @@ pub async fn proxy_base_url(client: &kube::Client) -> String {
         .find_map(|a| a.strip_prefix("--base-url=").map(str::to_owned))
         .expect("the controller has --base-url")
 }
+
+/// A pool of drop-four pods: the demo backend's pod-shaping fields, `size` warm, auth `auth`
+/// (`Token` or `None`).
+pub fn demo_pool(name: &str, size: i32, auth: &str) -> spawner::crd::SessionLivedBackendPool {
+    let mut spec = serde_json::to_value(backends::demo_backend(name, 300).spec).expect("a spec serializes");
+    spec["size"] = size.into();
+    spec["auth"] = serde_json::json!({"mode": auth});
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("a valid pool")
+}
+
+/// Waits until `check` holds, asking again every 200 ms; fails the test after `timeout`, saying
+/// `what` was expected. For conditions no watch reports (an HTTP server's answer).
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -153,6 +153,7 @@ fn loopback_config(dir: &Path, port: u16, router: SocketAddr, hold_seconds: u64)
         hold_seconds,
         runtime_dir: dir.display().to_string(),
         worker_processes: "1".into(),
+        api_addr: None,
     })
     .replace("listen ", "listen 127.0.0.1:")
 }

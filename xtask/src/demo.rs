@@ -54,3 +54,53 @@ fn check_served(url: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The demo's lobby (config/samples/lobby.yaml) in `default`, with a fresh API key for the
+/// demo's pool (the previous deploy's key is revoked); returns its URL once it serves its page.
+/// `base_url` is the proxy's; the lobby is on the next port.
+pub fn lobby(kubeconfig: &Path, base_url: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+    use spawner::api::keys::admin;
+
+    println!("==> the lobby (config/samples/lobby.yaml), a web application over spawner-api");
+    let pool = crate::manifests::DEMO_POOL;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        let previous = secrets.get_opt(crate::manifests::LOBBY_KEY_SECRET).await?;
+        let new = admin::create(&client, "drop-four lobby", vec!["default".into()], vec![pool.into()], 20).await?;
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": crate::manifests::LOBBY_KEY_SECRET},
+            "stringData": {"key": new.key, "id": new.id},
+        });
+        secrets
+            .patch(
+                crate::manifests::LOBBY_KEY_SECRET,
+                &PatchParams::apply("spawner-xtask").force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        let old_id = previous.and_then(|s| s.data?.remove("id")).map(|id| String::from_utf8_lossy(&id.0).into_owned());
+        if let Some(old_id) = old_id.filter(|id| *id != new.id) {
+            // Gone already (a fresh keys Secret) is fine.
+            let _ = admin::revoke(&client, &old_id).await;
+        }
+        anyhow::Ok(())
+    })?;
+    let kubeconfig = kubeconfig.to_path_buf();
+    crate::deploy::kubectl(&kubeconfig, &["apply", "-n", "default", "-f", "config/samples/lobby.yaml"])?;
+    // The key is an environment variable: a new one needs new pods.
+    let deployment = format!("deployment/{}", crate::manifests::LOBBY);
+    crate::deploy::kubectl(&kubeconfig, &["rollout", "restart", "-n", "default", &deployment])?;
+    crate::deploy::kubectl(&kubeconfig, &["rollout", "status", "-n", "default", "--timeout=180s", &deployment])?;
+    let (scheme_host, port) = base_url.rsplit_once(':').context("the proxy's URL has a port")?;
+    let port: u16 = port.trim_end_matches('/').parse().context("the proxy's port")?;
+    let url = format!("{scheme_host}:{}/", port + 1);
+    check_served(&url)?;
+    Ok(url)
+}

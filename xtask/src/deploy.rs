@@ -52,9 +52,12 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
     println!("Spawner is up in {:.1?}; reverse proxy: {base_url}", started.elapsed());
     if demo {
         let url = crate::demo::create(&kubeconfig)?;
+        let lobby = crate::demo::lobby(&kubeconfig, &base_url)?;
         println!();
         println!("Play drop four: open this URL in two browser windows:");
         println!("    {url}");
+        println!("or start from the lobby (New game, or Join with a friend's room code):");
+        println!("    {lobby}");
     }
     Ok(())
 }
@@ -142,7 +145,12 @@ pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned], base_url: &str) ->
             println!("    {line}");
         }
     }
-    for workload in ["deployment/spawner-controller", "daemonset/spawner-sweeper", "deployment/spawner-proxy"] {
+    for workload in [
+        "deployment/spawner-controller",
+        "daemonset/spawner-sweeper",
+        "deployment/spawner-proxy",
+        "deployment/spawner-api",
+    ] {
         println!("    waiting for {workload}");
         kubectl(kubeconfig, &["-n", spawner::names::SYSTEM_NAMESPACE, "rollout", "status", "--timeout=180s", workload])
             .with_context(|| format!("{workload} did not become available; see `kubectl -n spawner-system describe {workload}` and its pods' logs"))?;

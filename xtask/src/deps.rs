@@ -20,6 +20,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("docker.io", "the Docker engine kind runs on, where none runs"),
     ("debootstrap", "the root filesystem of the kind node image"),
     ("ipset", "kube-router's NetworkPolicy enforcement in the kind node image"),
+    ("python3-venv", "the virtualenv schemathesis (the API's fuzzing, from PyPI) runs in"),
 ];
 
 fn installed(sh: &Shell, package: &str) -> bool {

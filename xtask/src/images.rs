@@ -20,7 +20,9 @@ pub const RUST_IMAGES: &[(&str, &str)] = &[
     ("sidecar", "spawner-sidecar"),
     ("sweeper", "spawner-sweeper"),
     ("router", "spawner-router"),
+    ("api", "spawner-api"),
     ("demo-drop-four", "spawner-demo-drop-four"),
+    ("demo-lobby", "spawner-demo-lobby"),
 ];
 
 /// Images only the tests use (component name, example binary).

@@ -3,6 +3,7 @@
 //! Every long operation prints what it does and how long it took; every failure exits non-zero
 //! with one line that says what failed and where to look.
 
+mod api_suites;
 mod bench;
 mod cluster;
 mod demo;
@@ -80,6 +81,9 @@ enum Command {
         #[command(subcommand)]
         bench: bench::Bench,
     },
+    /// The API's outside suites (the TypeScript client's tests, schemathesis) against the API
+    /// deployed on the local cluster (`cargo xtask deploy --local` first; `test` runs them too).
+    ApiSuites,
     /// Every check and test: fmt, clippy, manifest drift, then unit and integration tests on the
     /// local cluster (installed and started as needed).
     Test {
@@ -160,7 +164,11 @@ impl Command {
             Command::Cluster { action } => matches!(action, ClusterAction::Up { .. }),
             Command::Docker { action } => matches!(action, DockerAction::Up),
             Command::Kind { action } => !matches!(action, KindAction::Down { .. }),
-            Command::Images { .. } | Command::Deploy { .. } | Command::Bench { .. } | Command::Test { .. } => true,
+            Command::Images { .. }
+            | Command::Deploy { .. }
+            | Command::Bench { .. }
+            | Command::ApiSuites
+            | Command::Test { .. } => true,
         }
     }
 }
@@ -227,6 +235,11 @@ fn main() -> ExitCode {
             }),
         },
         Command::Bench { bench } => bench::run(bench),
+        Command::ApiSuites => {
+            api_suites::run(&cluster::kubeconfig_path(), manifests::PROXY_BASE_URL).map(|(passed, _)| {
+                println!("API suites: {passed} passed");
+            })
+        }
         Command::Test { no_deploy, no_kind, cargo_test_args } => {
             test::run(test::Options { no_deploy, no_kind, cargo_test_args })
         }

@@ -59,12 +59,28 @@ pub fn run(opts: Options) -> Result<()> {
             crate::deploy::apply_default(&kubeconfig, &images, crate::manifests::PROXY_BASE_URL)
         })
         .and_then(|()| {
+            // What `cargo xtask deploy` ends with: the demo's pool, a backend, and the lobby
+            // (which `e2e_lobby` uses).
+            step("the demo and its lobby", || {
+                crate::demo::create(&kubeconfig)?;
+                crate::demo::lobby(&kubeconfig, crate::manifests::PROXY_BASE_URL).map(|_| ())
+            })
+        })
+        .and_then(|()| {
             step("cargo test (end to end)", || {
                 let mut args = vec!["test", "--workspace"];
                 args.extend(&extra);
                 // Two-node and enforced-network tests need the kind cluster.
                 args.extend(["e2e_", "--", "--skip", "e2e_on_two_nodes", "--skip", "e2e_enforced"]);
                 cargo_test(&args, &mut tally)
+            })
+        })
+        .and_then(|()| {
+            step("API suites (TypeScript client, schemathesis) against the deployed API", || {
+                let (passed, failed) = crate::api_suites::run(&kubeconfig, crate::manifests::PROXY_BASE_URL)?;
+                tally.passed += passed;
+                tally.failed += failed;
+                Ok(())
             })
         });
     }
@@ -110,7 +126,8 @@ fn kind_phase(
         // API server outage and the browser's `e2e_` test are other crates: local cluster only.)
         let mut args = vec!["test", "--workspace", "--test", "e2e"];
         args.extend(extra);
-        args.push("e2e_");
+        // The lobby is deployed on the local cluster only.
+        args.extend(["e2e_", "--", "--skip", "e2e_lobby"]);
         let mut env = vec![("SPAWNER_TEST_CLUSTER", "kind".to_string())];
         env.extend(kind.engine.env());
         cargo_test_with(&args, &env, tally)

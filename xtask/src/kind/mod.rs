@@ -177,9 +177,13 @@ fn cluster_config(opts: &Options, image: NodeImage) -> String {
          apiVersion: kind.x-k8s.io/v1alpha4\n\
          networking:\n  kubeProxyMode: iptables\n\
          nodes:\n\
-         - role: control-plane\n  extraPortMappings:\n  - containerPort: {node_port}\n    hostPort: {host_port}\n    listenAddress: \"127.0.0.1\"\n",
+         - role: control-plane\n  extraPortMappings:\n  - containerPort: {node_port}\n    hostPort: {host_port}\n    listenAddress: \"127.0.0.1\"\n\
+         \x20 - containerPort: {lobby_node_port}\n    hostPort: {lobby_host_port}\n    listenAddress: \"127.0.0.1\"\n",
         node_port = crate::manifests::PROXY_NODE_PORT,
         host_port = opts.host_port,
+        // The demo's lobby, on the next port.
+        lobby_node_port = crate::manifests::LOBBY_NODE_PORT,
+        lobby_host_port = opts.host_port + 1,
     );
     for _ in 0..opts.workers {
         out.push_str("- role: worker\n");

@@ -8,7 +8,10 @@ mod objects;
 mod rbac;
 mod workloads;
 
-pub use workloads::{CLAIM_KEY_FILE, CLAIM_KEY_SECRET, DEMO_POOL, PROXY_BASE_URL, PROXY_NODE_PORT};
+pub use workloads::{
+    CLAIM_KEY_FILE, CLAIM_KEY_SECRET, DEMO_POOL, LOBBY, LOBBY_KEY_SECRET, LOBBY_NODE_PORT, PROXY_BASE_URL,
+    PROXY_NODE_PORT,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,7 +153,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 4, "controller, sweeper, nginx and router containers");
+        assert_eq!(checked, 6, "controller, sweeper, nginx, router, api and the demo's lobby");
     }
 
     #[test]

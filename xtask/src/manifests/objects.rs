@@ -76,11 +76,14 @@ pub fn render(tree: &mut Tree) {
     tree.yaml("config/proxy/proxy.yaml", &workloads::proxy());
     tree.yaml("config/proxy/kustomization.yaml", &[kustomization(&["proxy.yaml"], json!({}))]);
 
+    tree.yaml("config/api/api.yaml", &workloads::api());
+    tree.yaml("config/api/kustomization.yaml", &[kustomization(&["api.yaml"], json!({}))]);
+
     tree.yaml(
         "config/default/namespace.yaml",
         &[Namespace { metadata: meta(SYSTEM_NAMESPACE, None), ..Default::default() }],
     );
-    let images: Vec<_> = ["controller", "sweeper", "nginx"]
+    let images: Vec<_> = ["controller", "sweeper", "nginx", "api"]
         .iter()
         .map(|c| {
             let image = spawner::names::image(c);
@@ -91,7 +94,7 @@ pub fn render(tree: &mut Tree) {
     tree.yaml(
         "config/default/kustomization.yaml",
         &[kustomization(
-            &["namespace.yaml", "../crd", "../rbac", "../manager", "../sweeper", "../proxy"],
+            &["namespace.yaml", "../crd", "../rbac", "../manager", "../sweeper", "../proxy", "../api"],
             json!({
                 "namespace": SYSTEM_NAMESPACE,
                 // Registries differ between kind, the local cluster and a release: override the
@@ -103,5 +106,6 @@ pub fn render(tree: &mut Tree) {
 
     tree.yaml("config/samples/drop-four.yaml", &[workloads::sample_backend()]);
     tree.yaml("config/samples/pool.yaml", &[workloads::sample_pool()]);
+    tree.yaml("config/samples/lobby.yaml", &workloads::sample_lobby());
     tree.yaml("config/samples/kustomization.yaml", &[kustomization(&["drop-four.yaml"], json!({}))]);
 }

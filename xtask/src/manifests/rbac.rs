@@ -42,6 +42,15 @@ pub fn roles() -> Vec<Object> {
                 subjects: Some(vec![subject.clone()]),
             }));
         }
+        // Bound namespace by namespace (`spawner::rbac::served_binding`), not here.
+        let served = rules(role.permissions, Scope::ServedNamespace);
+        if !served.is_empty() {
+            out.push(Object::new(ClusterRole {
+                metadata: meta(&spawner::rbac::served_role_name(role), None),
+                rules: Some(served),
+                ..Default::default()
+            }));
+        }
         let namespaced = rules(role.permissions, Scope::SystemNamespace);
         if !namespaced.is_empty() {
             out.push(Object::new(Role { metadata: meta(role.name, Some(SYSTEM_NAMESPACE)), rules: Some(namespaced) }));
@@ -59,18 +68,22 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
     RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: kind.into(), name: name.into() }
 }
 
-/// One rule per (group, verbs) pair, resources merged, so the generated roles read like the table.
+/// One rule per (group, verbs, names) triple, resources merged, so the generated roles read
+/// like the table.
 fn rules(permissions: &[Permission], scope: Scope) -> Vec<PolicyRule> {
-    let mut merged: BTreeMap<(&str, Vec<&str>), Vec<String>> = BTreeMap::new();
+    // (group, verbs, resource names) → resources.
+    type Rule<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>);
+    let mut merged: BTreeMap<Rule, Vec<String>> = BTreeMap::new();
     for p in permissions.iter().filter(|p| p.scope == scope) {
-        merged.entry((p.group, p.verbs.to_vec())).or_default().push(p.resource.to_string());
+        merged.entry((p.group, p.verbs.to_vec(), p.resource_names.to_vec())).or_default().push(p.resource.to_string());
     }
     merged
         .into_iter()
-        .map(|((group, verbs), resources)| PolicyRule {
+        .map(|((group, verbs, names), resources)| PolicyRule {
             api_groups: Some(vec![group.to_string()]),
             resources: Some(resources),
             verbs: verbs.into_iter().map(String::from).collect(),
+            resource_names: (!names.is_empty()).then(|| names.into_iter().map(String::from).collect()),
             ..Default::default()
         })
         .collect()

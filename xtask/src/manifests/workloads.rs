@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
     DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccountTokenProjection,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -30,6 +30,8 @@ pub const SWEEPER_HTTP_PORT: i32 = 8081;
 pub const PROXY_PORT: i32 = proxy_config::LISTEN_PORT as i32;
 /// Port of the router's /metrics, /healthz and /readyz (its lookups stay on the pod's loopback).
 pub const ROUTER_HTTP_PORT: i32 = 8081;
+/// Port of spawner-api (the API, /healthz, /readyz and /metrics).
+pub const API_PORT: i32 = 8090;
 /// NodePort of the reverse proxy: kind maps it to the host, the local cluster reaches it directly.
 pub const PROXY_NODE_PORT: i32 = 30080;
 /// Where users reach the reverse proxy; backends' status URLs start with it.
@@ -176,23 +178,25 @@ pub fn proxy() -> Vec<Object> {
             ..hardened_pod()
         },
     );
-    let service = Service {
-        metadata: meta(name, Some(SYSTEM_NAMESPACE)),
-        spec: Some(ServiceSpec {
-            type_: Some("NodePort".into()),
-            selector: Some(selector_labels(name)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(IntOrString::String("http".into())),
-                node_port: Some(PROXY_NODE_PORT),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service = service(name, Some(SYSTEM_NAMESPACE), Some(PROXY_NODE_PORT));
     vec![Object::new(config), Object::new(deployment), Object::new(service)]
+}
+
+/// The HTTP API for web applications: Deployment and ClusterIP Service (nginx routes `/api/`
+/// to it). It serves the namespaces its keys grant, each bound by `spawner api-key create`.
+pub fn api() -> Vec<Object> {
+    let name = names::API;
+    let container = Container {
+        args: Some(vec![format!("--addr=0.0.0.0:{API_PORT}"), "--log-format=json".into()]),
+        // Not Ready until the backends and the keys are loaded: before, every key is unknown.
+        ..serving("api", ("http", API_PORT, "/readyz"), ("20m", "32Mi"), ("1", "256Mi"))
+    };
+    let deployment = deployment(
+        name,
+        PodSpec { service_account_name: Some(name.into()), containers: vec![container], ..hardened_pod() },
+    );
+    let service = service(name, Some(SYSTEM_NAMESPACE), None);
+    vec![Object::new(deployment), Object::new(service)]
 }
 
 /// The drop-four demo as a backend: `kubectl create -f config/samples/drop-four.yaml`.
@@ -215,11 +219,48 @@ pub const DEMO_POOL: &str = "drop-four";
 pub fn sample_pool() -> Object {
     let spec: SessionLivedBackendPoolSpec = serde_json::from_value(serde_json::json!({
         "size": 2,
-        "gracePeriodSeconds": 300,
+        // A demo room is over a minute after its players leave.
+        "gracePeriodSeconds": 60,
         "template": {"containers": [{"name": "application", "image": names::image("demo-drop-four")}]},
     }))
     .expect("sample pool spec deserializes");
     Object::new(SessionLivedBackendPool::new(DEMO_POOL, spec))
+}
+
+/// Name of the demo's lobby (Deployment, Service, and the Secret with its API key).
+pub const LOBBY: &str = "drop-four-lobby";
+/// The Secret holding the lobby's API key (`cargo xtask deploy` makes it).
+pub const LOBBY_KEY_SECRET: &str = "drop-four-lobby-api-key";
+/// NodePort of the lobby.
+pub const LOBBY_NODE_PORT: i32 = 30081;
+
+/// The drop-four lobby, a web application over spawner-api: `cargo xtask deploy` applies it to
+/// `default` with an API key for the demo's pool.
+pub fn sample_lobby() -> Vec<Object> {
+    let container = Container {
+        env: Some(vec![
+            EnvVar {
+                name: "SPAWNER_API_KEY".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: LOBBY_KEY_SECRET.into(),
+                        key: "key".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            EnvVar { name: "SPAWNER_POOL".into(), value: Some(DEMO_POOL.into()), ..Default::default() },
+            field_env("SPAWNER_NAMESPACE", "metadata.namespace"),
+            EnvVar { name: "LOG_FORMAT".into(), value: Some("json".into()), ..Default::default() },
+        ]),
+        ..serving("demo-lobby", ("http", 8080, "/healthz"), ("10m", "16Mi"), ("500m", "64Mi"))
+    };
+    let mut deployment = deployment(LOBBY, PodSpec { containers: vec![container], ..hardened_pod() });
+    deployment.metadata.namespace = None;
+    let service = service(LOBBY, None, Some(LOBBY_NODE_PORT));
+    vec![Object::new(deployment), Object::new(service)]
 }
 
 /// Where in-cluster clients (kube's `Client::try_default`) look for the API credentials.
@@ -265,6 +306,27 @@ fn service_account_volume(name: &str) -> Volume {
             ]),
             // Readable by the container's non-root user.
             default_mode: Some(0o444),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service of workload `name`: port 80 to its port named `http`; a NodePort when
+/// `node_port` is given, else a ClusterIP.
+fn service(name: &str, namespace: Option<&str>, node_port: Option<i32>) -> Service {
+    Service {
+        metadata: meta(name, namespace),
+        spec: Some(ServiceSpec {
+            type_: node_port.map(|_| "NodePort".into()),
+            selector: Some(selector_labels(name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                node_port,
+                ..Default::default()
+            }]),
+            ..Default::default()
         }),
         ..Default::default()
     }
