@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use sha2::Digest as _;
+
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
@@ -122,12 +124,10 @@ pub fn sweeper() -> Object {
 /// (nginx's config), Deployment, NodePort Service.
 pub fn proxy() -> Vec<Object> {
     let name = names::PROXY;
+    let nginx_conf = proxy_config::nginx_conf(&proxy_config::ProxyConfig::default());
     let config = ConfigMap {
         metadata: meta(name, Some(SYSTEM_NAMESPACE)),
-        data: Some(BTreeMap::from([(
-            proxy_config::CONFIG_KEY.to_string(),
-            proxy_config::nginx_conf(&proxy_config::ProxyConfig::default()),
-        )])),
+        data: Some(BTreeMap::from([(proxy_config::CONFIG_KEY.to_string(), nginx_conf.clone())])),
         ..Default::default()
     };
     let container = Container {
@@ -158,7 +158,7 @@ pub fn proxy() -> Vec<Object> {
         // Not Ready (so the proxy takes no traffic) until the first list of backends is in.
         ..serving("router", ("metrics", ROUTER_HTTP_PORT, "/readyz"), ("20m", "32Mi"), ("1", "256Mi"))
     };
-    let deployment = deployment(
+    let mut deployment = deployment(
         name,
         PodSpec {
             // The router watches backends; nginx never talks to the API server, so the
@@ -178,6 +178,12 @@ pub fn proxy() -> Vec<Object> {
             ..hardened_pod()
         },
     );
+    // nginx reads its config once: a changed config must roll the pods, which a changed
+    // ConfigMap alone does not. Its digest in the pod template does.
+    let digest: String =
+        sha2::Sha256::digest(nginx_conf.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let template = deployment.spec.as_mut().and_then(|s| s.template.metadata.as_mut()).expect("a pod template");
+    template.annotations = Some(BTreeMap::from([("spawner.dev/nginx-conf".to_string(), digest)]));
     let service = service(name, Some(SYSTEM_NAMESPACE), Some(PROXY_NODE_PORT));
     vec![Object::new(config), Object::new(deployment), Object::new(service)]
 }
