@@ -7,12 +7,14 @@
 //! - HTTP: `wrk` with small bodies over keep-alive connections: req/s, p50 and p99 latency
 //!   (medians of interleaved 2-second rounds: the machine is shared, bursts hit all alike);
 //! - WebSocket: sequential echo round trips of a 32-byte message on one connection: p50, p99;
-//! - memory: the proxy's RSS (`VmRSS`, summed over its processes) idle, and with 1,000 open
-//!   idle WebSockets through it.
+//! - memory: the proxy's RSS (`VmRSS`, summed over its processes) idle, with 1,000 open idle
+//!   WebSockets through it, and after a workout (those WebSockets, then a 64 MiB download and
+//!   a 32 MiB upload through it, then 5 s quiet): what a pod keeps paying after a busy spell.
 //!
 //! and prints a table with each number's ratio to nginx. Not a test: numbers depend on the
 //! machine; the targets are printed next to them (throughput >= nginx, p99 added
-//! latency <= nginx's, idle RSS <= 4 MiB, RSS with 1,000 WebSockets <= 24 MiB).
+//! latency <= nginx's, idle RSS <= 4 MiB, RSS with 1,000 WebSockets <= 24 MiB, RSS after the
+//! workout <= nginx's).
 //! Missing packages are installed with `apt-get install -y nginx haproxy wrk`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -179,6 +181,13 @@ pub fn run(args: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         m.rss_ws_kib = Some(rss_kib(pids));
         drop(held);
+        // The rest of the workout: a large download and a large upload, then quiet. What a
+        // proxy keeps after a busy spell is what a backend pod pays for the rest of its life.
+        eprintln!("{name}: {WORKOUT_DOWNLOAD} B down, {WORKOUT_UPLOAD} B up, then {WORKOUT_QUIET:?} quiet");
+        download(*addr, WORKOUT_DOWNLOAD)?;
+        upload(*addr, WORKOUT_UPLOAD)?;
+        std::thread::sleep(WORKOUT_QUIET);
+        m.rss_after_work_kib = Some(rss_kib(pids));
     }
     sidecar.stop();
     nginx.stop();
@@ -222,6 +231,8 @@ error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
+  # Uploads stream to the app, as through the sidecar (no size limit of its own).
+  client_max_body_size 0;
   client_body_temp_path {d}/body;
   proxy_temp_path {d}/proxy;
   fastcgi_temp_path {d}/fastcgi;
@@ -377,6 +388,51 @@ struct Measured {
     ws_per_s: f64,
     rss_idle_kib: Option<u64>,
     rss_ws_kib: Option<u64>,
+    rss_after_work_kib: Option<u64>,
+}
+
+/// The workout after the idle WebSockets: bytes down and up through the proxy, then quiet.
+const WORKOUT_DOWNLOAD: u64 = 64 * 1024 * 1024;
+const WORKOUT_UPLOAD: u64 = 32 * 1024 * 1024;
+const WORKOUT_QUIET: Duration = Duration::from_secs(5);
+
+/// `GET /bytes?n=N` through `addr`, every byte read.
+fn download(addr: SocketAddr, n: u64) -> Result<()> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(tcp, "GET /bytes?n={n} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = tcp.read(&mut buf)?;
+        if read == 0 {
+            break;
+        }
+        total += read as u64;
+    }
+    ensure!(total > n, "the download through {addr} ended after {total} bytes of {n}");
+    Ok(())
+}
+
+/// `POST /upload` of `n` bytes through `addr`, sent in 64 KiB writes; the app counts them.
+fn upload(addr: SocketAddr, n: u64) -> Result<()> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(tcp, "POST /upload HTTP/1.1\r\nHost: bench\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")?;
+    let chunk = vec![b'y'; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < n {
+        let len = (n - sent).min(chunk.len() as u64) as usize;
+        tcp.write_all(&chunk[..len])?;
+        sent += len as u64;
+    }
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(&format!("\r\n\r\n{n} ")),
+        "upload through {addr}: {answer}"
+    );
+    Ok(())
 }
 
 /// Run wrk; returns (req/s, p50 ms, p99 ms).
@@ -476,9 +532,9 @@ fn print_table(results: &[Measured], args: &Args) {
     );
     println!();
     println!(
-        "| target | req/s | vs nginx | p50 ms | p99 ms | p99 added ms | vs nginx | ws rtt p50 us | ws rtt p99 us | vs nginx | RSS idle MiB | vs nginx | RSS 1k WS MiB | vs nginx |"
+        "| target | req/s | vs nginx | p50 ms | p99 ms | p99 added ms | vs nginx | ws rtt p50 us | ws rtt p99 us | vs nginx | RSS idle MiB | vs nginx | RSS 1k WS MiB | vs nginx | RSS after work MiB | vs nginx |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let added = |r: &Measured| direct.map(|d| r.p99_ms - d.p99_ms);
     for r in results {
         let mib = |k: Option<u64>| k.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -487,7 +543,7 @@ fn print_table(results: &[Measured], args: &Args) {
             _ => "-".to_owned(),
         };
         println!(
-            "| {} | {:.0} | {} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.req_per_s,
             ratio(r.req_per_s, nginx.map(|n| n.req_per_s)),
@@ -505,6 +561,8 @@ fn print_table(results: &[Measured], args: &Args) {
             rss_ratio(r.rss_idle_kib, nginx.and_then(|n| n.rss_idle_kib)),
             mib(r.rss_ws_kib),
             rss_ratio(r.rss_ws_kib, nginx.and_then(|n| n.rss_ws_kib)),
+            mib(r.rss_after_work_kib),
+            rss_ratio(r.rss_after_work_kib, nginx.and_then(|n| n.rss_after_work_kib)),
         );
     }
     if let Some(s) = results.iter().find(|r| r.name == "spawner-sidecar") {
@@ -521,6 +579,9 @@ fn print_table(results: &[Measured], args: &Args) {
         }
         if let Some(k) = s.rss_ws_kib {
             println!("target RSS with 1,000 WebSockets <= 24 MiB: {}", check(k <= WS_RSS_TARGET_KIB));
+        }
+        if let (Some(k), Some(n)) = (s.rss_after_work_kib, nginx.and_then(|n| n.rss_after_work_kib)) {
+            println!("target RSS after the workout <= nginx's: {}", check(k <= n));
         }
     }
 }
