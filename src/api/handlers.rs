@@ -227,10 +227,13 @@ impl Call<'_> {
         let name = name_for_key(&body.key);
         let existing = self.service.cache.get(self.namespace(), &name).filter(|b| state(b) != State::Over);
         let (backend, created) = match existing {
-            Some(backend) => {
-                self.check_visible(&backend)?;
-                ((*backend).clone(), false)
+            Some(backend) if !visible(&self.caller, &backend) => {
+                return Err(ApiError::forbidden(format!(
+                    "the backend of key {:?} was made from a pool this API key may not use",
+                    body.key
+                )));
             }
+            Some(backend) => ((*backend).clone(), false),
             None => {
                 self.check_pool(&body.pool).await?;
                 let recent = self.service.limits.of(&self.caller.id);
