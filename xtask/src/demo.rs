@@ -36,7 +36,7 @@ pub fn create(kubeconfig: &Path) -> Result<String> {
         println!("    {} Ready {:.1?} after its creation was answered", ready.name_any(), started.elapsed());
         anyhow::Ok(backends.access_url(&ready).await?)
     })?;
-    check_served(&url)?;
+    check_served(&url).context("the demo backend is Ready but not served through the proxy")?;
     Ok(url)
 }
 
@@ -48,9 +48,7 @@ fn check_served(url: &str) -> Result<()> {
     let out = cmd!(sh, "curl -s -o /dev/null -w {write_out} --max-time 30 {url}").quiet().ignore_status().output();
     let status = String::from_utf8_lossy(&out.context("running curl")?.stdout).trim().to_string();
     if status != "200" {
-        bail!(
-            "the demo backend is Ready but the proxy answers {status} for it: see `kubectl -n spawner-system logs deploy/spawner-proxy --all-containers`"
-        );
+        bail!("{url} answers {status}: see `kubectl -n spawner-system logs deploy/spawner-proxy --all-containers`");
     }
     Ok(())
 }
@@ -101,6 +99,22 @@ pub fn lobby(kubeconfig: &Path, base_url: &str) -> Result<String> {
     let (scheme_host, port) = base_url.rsplit_once(':').context("the proxy's URL has a port")?;
     let port: u16 = port.trim_end_matches('/').parse().context("the proxy's port")?;
     let url = format!("{scheme_host}:{}/", port + 1);
-    check_served(&url)?;
+    wait_served(&url, Duration::from_secs(60))?;
     Ok(url)
+}
+
+/// The lobby is an ordinary NodePort Service: a new one is reachable once kube-proxy has
+/// written its rules, a moment after its pods are Ready. So its page is asked for until it
+/// answers (unlike a backend's, which Spawner routes the moment it is Ready).
+fn wait_served(url: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check_served(url) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{url} did not answer 200 within {timeout:?}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
 }
