@@ -316,6 +316,10 @@ impl Call<'_> {
         let backend = self.backends.get(name).await?;
         self.check_visible(&backend)?;
         let deleted = self.backends.delete(name).await?;
+        // Counted against the key that made it, which may not be the caller's.
+        if let Some(maker) = backend.labels().get(API_KEY_LABEL) {
+            self.service.limits.of(maker).lock().await.deleted(self.namespace(), name);
+        }
         Ok(json_response(StatusCode::OK, &self.view(&deleted, false).await))
     }
 

@@ -17,8 +17,10 @@ use crate::client::{State, state};
 /// Label on a backend made through the API: the id of the key that made it.
 pub const API_KEY_LABEL: &str = "spawner.dev/api-key";
 
-/// A created backend is counted from memory until the cache has it, at most this long.
-const REMEMBER: Duration = Duration::from_secs(30);
+/// A created backend is counted from memory until the cache has it, at most this long (the
+/// watch lags a create by milliseconds; a backend deleted before the cache showed it must not
+/// count for long).
+const REMEMBER: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Default)]
 pub struct Limits {
@@ -46,6 +48,11 @@ impl Recent {
 
     pub fn made(&mut self, namespace: &str, name: &str) {
         self.made.push((namespace.into(), name.into(), Instant::now()));
+    }
+
+    /// `namespace/name` was deleted: it no longer counts, whatever the cache shows yet.
+    pub fn deleted(&mut self, namespace: &str, name: &str) {
+        self.made.retain(|(ns, n, _)| !(ns == namespace && n == name));
     }
 }
 

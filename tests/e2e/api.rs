@@ -257,7 +257,14 @@ async fn e2e_api_refusals_are_json_and_make_nothing() {
     }
     assert_error(&create(json!({"pool": "games"})).await, 429, "too_many_backends");
     let listed = call(&world.base, "GET", &backends, Some(&world.key), None).await;
-    assert_eq!(listed.body["items"].as_array().unwrap().len(), 2, "{listed:?}");
+    let items = listed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed:?}");
+    // One deleted: room for one more at once.
+    let first = items[0]["name"].as_str().unwrap();
+    let deleted = call(&world.base, "DELETE", &world.path(&format!("/backends/{first}")), Some(&world.key), None).await;
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    let again = create(json!({"pool": "games"})).await;
+    assert_eq!(again.status, 201, "a deleted backend no longer counts: {again:?}");
 
     // Unknown pool: a key for every pool (`*`) still cannot use one that does not exist.
     let any =
