@@ -112,6 +112,8 @@ fn schemathesis(sh: &Shell, base_url: &str, key: &str) -> Result<()> {
         sh,
         "{st} --config-file {config} run {schema} --checks not_a_server_error --header {auth} --max-examples 25 --seed 1 --request-timeout 330 --phases examples,coverage,fuzzing --generation-database none --no-color --output-sanitize true"
     )
+    // Not echoed: the command line carries the API key.
+    .quiet()
     .run()
     .context("schemathesis found a 5xx (or could not run)")
 }
