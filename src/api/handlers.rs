@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::keys::Caller;
-use super::limits::API_KEY_LABEL;
+use super::limits::{API_KEY_LABEL, Recent};
 use super::types::{Backend, BackendList, ConnectRequest, CreateRequest};
 use super::{Body, MAX_BODY, MAX_WAIT_SECONDS, PREFIX, Service, event_stream, json_response, openapi, stream};
 use crate::client::names::{CONNECT_KEY_ANNOTATION, check_name, generate_name_for_pool, name_for_key};
@@ -201,15 +201,19 @@ impl Call<'_> {
         }
     }
 
-    fn too_many(&self) -> ApiError {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_backends",
-            format!(
-                "this API key has its {} live backends already: delete one, or wait for one to be swept",
-                self.caller.record.max_backends
-            ),
-        )
+    /// The key's count of live backends, locked, if it has room for one more: hold it across
+    /// the create and record what was made. 429 when it has none.
+    async fn admit(&self) -> Result<tokio::sync::OwnedMutexGuard<Recent>, ApiError> {
+        let mut recent = self.service.limits.of(&self.caller.id).lock_owned().await;
+        let max = self.caller.record.max_backends;
+        if recent.live(&self.service.cache, &self.caller.id) >= max as usize {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_backends",
+                format!("this API key has its {max} live backends already: delete one, or wait for one to be swept"),
+            ));
+        }
+        Ok(recent)
     }
 
     fn request(&self, naming: Naming, pool: &str, values: BTreeMap<String, String>) -> BackendRequest {
@@ -236,11 +240,7 @@ impl Call<'_> {
             Some(backend) => ((*backend).clone(), false),
             None => {
                 self.check_pool(&body.pool).await?;
-                let recent = self.service.limits.of(&self.caller.id);
-                let mut recent = recent.lock().await;
-                if recent.live(&self.service.cache, &self.caller.id) >= self.caller.record.max_backends as usize {
-                    return Err(self.too_many());
-                }
+                let mut recent = self.admit().await?;
                 let request = self.request(Naming::Name(name.clone()), &body.pool, body.values);
                 let (backend, created) = self.backends.connect_started(&body.key, &request, REPLACE_TIMEOUT).await?;
                 if created {
@@ -262,11 +262,7 @@ impl Call<'_> {
         };
         self.check_pool(&body.pool).await?;
         let backend = {
-            let recent = self.service.limits.of(&self.caller.id);
-            let mut recent = recent.lock().await;
-            if recent.live(&self.service.cache, &self.caller.id) >= self.caller.record.max_backends as usize {
-                return Err(self.too_many());
-            }
+            let mut recent = self.admit().await?;
             let backend =
                 self.backends.create(&self.request(Naming::GenerateName(prefix), &body.pool, body.values)).await?;
             recent.made(self.namespace(), &backend.name_any());
@@ -300,7 +296,7 @@ impl Call<'_> {
             .all()
             .into_iter()
             .filter(|b| b.namespace().as_deref() == Some(self.namespace()) && visible(&self.caller, b))
-            .map(|b| view_of(&b, None))
+            .map(|b| view_of(&b, Access::Hidden))
             .collect();
         items.sort_by(|a, b| a.name.cmp(&b.name));
         json_response(StatusCode::OK, &BackendList { items })
@@ -340,11 +336,12 @@ impl Call<'_> {
         Ok(event_stream(receiver))
     }
 
-    /// The backend as answered, with its token (and URL with the token) when `with_token`.
-    async fn view(&self, backend: &SessionLivedBackend, with_token: bool) -> Backend {
-        let needs_token = backend.spec.shape.auth.mode != crate::crd::AuthMode::None;
-        let token = if with_token && needs_token { self.backends.token(&backend.name_any()).await.ok() } else { None };
-        view_of(backend, token.as_deref().or(if needs_token { None } else { Some("") }))
+    /// The backend as answered, its token read from its Secret when `read_token` (else a
+    /// backend that needs one is shown without its URL).
+    async fn view(&self, backend: &SessionLivedBackend, read_token: bool) -> Backend {
+        let token =
+            if read_token && needs_token(backend) { self.backends.token(&backend.name_any()).await.ok() } else { None };
+        view_of(backend, Access::Shown(token.as_deref()))
     }
 }
 
@@ -356,14 +353,32 @@ fn visible(caller: &Caller, backend: &SessionLivedBackend) -> bool {
     }
 }
 
-/// The API's view of `backend`. `token`: `Some("")` for a backend that needs none, `None` when
-/// unknown or not to be shown (then the URL is not shown either).
-fn view_of(backend: &SessionLivedBackend, token: Option<&str>) -> Backend {
+/// How much of a backend's access a view shows.
+#[derive(Clone, Copy)]
+enum Access<'a> {
+    /// Neither URL nor token (lists).
+    Hidden,
+    /// The URL once Ready, with this token when the backend needs one (`None`: not known, so no
+    /// URL for a backend that needs a token).
+    Shown(Option<&'a str>),
+}
+
+fn needs_token(backend: &SessionLivedBackend) -> bool {
+    backend.spec.shape.auth.mode != crate::crd::AuthMode::None
+}
+
+/// The API's view of `backend`.
+fn view_of(backend: &SessionLivedBackend, access: Access) -> Backend {
     let status = backend.status.as_ref();
     let ready = state(backend) == State::Ready;
-    let url = match (ready.then(|| status.and_then(|s| s.url.as_deref())).flatten(), token) {
-        (Some(url), Some("")) => Some(url.to_owned()),
-        (Some(url), Some(token)) => Some(url_with_token(url, token)),
+    let ready_url = ready.then(|| status.and_then(|s| s.url.as_deref())).flatten();
+    let token = match access {
+        Access::Shown(token) => token,
+        Access::Hidden => None,
+    };
+    let url = match (ready_url, access, token) {
+        (Some(url), Access::Shown(_), _) if !needs_token(backend) => Some(url.to_owned()),
+        (Some(url), Access::Shown(_), Some(token)) => Some(url_with_token(url, token)),
         _ => None,
     };
     Backend {
@@ -374,7 +389,7 @@ fn view_of(backend: &SessionLivedBackend, token: Option<&str>) -> Backend {
         phase: phase_of(backend).into(),
         ready,
         url,
-        token: token.filter(|t| !t.is_empty()).map(str::to_owned),
+        token: token.map(str::to_owned),
         reason: status.and_then(|s| s.reason.clone()),
         message: if ready { None } else { why_not_ready(backend) },
         created: backend.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
@@ -412,14 +427,16 @@ mod tests {
     #[test]
     fn a_view_has_the_url_with_its_token_only_when_the_token_is_shown() {
         let backend = ready_backend(crate::crd::AuthMode::Token);
-        let shown = view_of(&backend, Some("t0k"));
+        let shown = view_of(&backend, Access::Shown(Some("t0k")));
         assert_eq!(shown.url.as_deref(), Some("http://proxy/p/ns/room/?token=t0k"));
         assert_eq!(shown.token.as_deref(), Some("t0k"));
         assert!(shown.ready);
         assert_eq!((shown.pool.as_deref(), shown.key.as_deref()), (Some("games"), Some("room 1")));
-        let listed = view_of(&backend, None);
+        let unknown_token = view_of(&backend, Access::Shown(None));
+        assert_eq!((unknown_token.url, unknown_token.token), (None, None), "no URL that would be refused");
+        let listed = view_of(&backend, Access::Hidden);
         assert_eq!((listed.url, listed.token), (None, None));
-        let open = view_of(&ready_backend(crate::crd::AuthMode::None), Some(""));
+        let open = view_of(&ready_backend(crate::crd::AuthMode::None), Access::Shown(None));
         assert_eq!((open.url.as_deref(), open.token), (Some("http://proxy/p/ns/room/"), None));
     }
 
@@ -432,7 +449,7 @@ mod tests {
             message: Some("waiting for the application".into()),
             ..Default::default()
         });
-        let view = view_of(&backend, Some("t0k"));
+        let view = view_of(&backend, Access::Shown(Some("t0k")));
         assert!(!view.ready);
         assert_eq!(view.url, None);
         assert_eq!(view.phase, "Scheduled");

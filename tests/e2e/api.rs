@@ -296,8 +296,8 @@ async fn e2e_api_refusals_are_json_and_make_nothing() {
 #[tokio::test]
 async fn e2e_lobby_new_game_and_join_meet_in_one_room() {
     let _controller = crate::CONTROLLER.read().await;
-    let env = TestEnv::new("lobby").await;
-    let proxy = support::proxy_base_url(&env.client).await;
+    let client = kube::Client::try_from(support::config().await).expect("a client for the test cluster");
+    let proxy = support::proxy_base_url(&client).await;
     let (host, port) = proxy.rsplit_once(':').unwrap();
     let lobby = format!("{host}:{}", port.parse::<u16>().unwrap() + 1);
     let home = call(&lobby, "GET", "/", None, None).await;
