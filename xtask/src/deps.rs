@@ -6,7 +6,6 @@ use xshell::{Shell, cmd};
 
 /// Package, and why it is needed.
 pub const PACKAGES: &[(&str, &str)] = &[
-    ("etcd-server", "the cluster's datastore"),
     ("containerd", "the node's container runtime"),
     ("runc", "the OCI runtime under containerd"),
     ("containernetworking-plugins", "CNI bridge, host-local, portmap, loopback"),

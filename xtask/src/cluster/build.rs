@@ -16,6 +16,8 @@ pub const KUBE_COMMANDS: &[&str] =
 /// Further commands of the same Kubernetes build that only the kind node image carries.
 pub const KIND_NODE_COMMANDS: &[&str] = &["kubeadm", "kubectl"];
 pub const COREDNS_VERSION: &str = "v1.14.7";
+/// etcd of the local cluster and of the kind node image: what kubeadm v1.34 deploys.
+pub const ETCD_VERSION: &str = "v3.6.5";
 /// Bump when hack/coredns/main.go changes (the plugin set): it keys the cached binary and image.
 const COREDNS_BUILD: &str = "2";
 /// Bump when hack/pause/main.go changes.

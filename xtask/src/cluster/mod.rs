@@ -4,7 +4,7 @@
 //! - Kubernetes v1.34 components are built from the Go module proxy (`hack/kube`), CoreDNS from
 //!   `hack/coredns`, the pause binary from `hack/pause`; results are cached under
 //!   `~/.cache/spawner/` keyed by version (see [`build`]).
-//! - etcd, containerd, runc and the CNI plugins come from Debian packages.
+//! - containerd, runc and the CNI plugins come from Debian packages; etcd is built from `hack/etcd`.
 //! - Every piece of state (certificates, etcd data, pid files, logs, kubelet and containerd dirs)
 //!   lives under `~/.cache/spawner/cluster/` ([`Layout`]); `down` removes it.
 //!

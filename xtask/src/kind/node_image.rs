@@ -69,7 +69,6 @@ const PACKAGES: &[&str] = &[
     "socat",
     "iputils-ping",
 ];
-pub const ETCD_VERSION: &str = "v3.6.5";
 /// What kubeadm v1.34 deploys as etcd.
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.5-0";
 const CRICTL_VERSION: &str = "v1.37.0";
@@ -287,7 +286,7 @@ fn write(tree: &Path, path: &str, contents: &str, mode: u32) -> Result<()> {
 fn control_plane_images(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let bins = build::kind_node_binaries()?;
-    let etcd = build::hack_binary("etcd", ETCD_VERSION, "go.etcd.io/etcd/server/v3", "server")?;
+    let etcd = build::hack_binary("etcd", build::ETCD_VERSION, "go.etcd.io/etcd/server/v3", "server")?;
     let cluster_images = build::cluster_images()?;
     for tar in [cluster_images.pause_tar, cluster_images.coredns_tar] {
         std::fs::copy(&tar, dir.join(tar.file_name().unwrap()))?;
