@@ -1,6 +1,6 @@
 //! What every reconciliation shares: the client, the settings, the Event recorder, the metrics.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,11 +12,11 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::controllers::Error;
 use crate::controllers::children::Caches;
 use crate::controllers::claim_key::ClaimKeys;
 use crate::controllers::metrics::Metrics;
 use crate::controllers::pod::SidecarConfig;
+use crate::controllers::{Error, network_policy};
 use crate::crd::FIELD_MANAGER;
 use crate::crd::SessionLivedBackendPool;
 
@@ -66,7 +66,7 @@ pub struct Context {
     /// The pools, as the pools' controller sees them. `None` in unit tests.
     pub pools: Option<Store<SessionLivedBackendPool>>,
     /// Namespaces whose NetworkPolicies this process has applied.
-    pub isolated_namespaces: Mutex<HashSet<String>>,
+    pub isolated_namespaces: network_policy::Isolated,
 }
 
 impl Context {
@@ -81,7 +81,7 @@ impl Context {
             failures: Mutex::default(),
             caches: Caches::default(),
             pools: None,
-            isolated_namespaces: Mutex::default(),
+            isolated_namespaces: network_policy::Isolated::default(),
         }
     }
 

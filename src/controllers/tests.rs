@@ -121,7 +121,7 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 /// NetworkPolicies count as applied (one test covers applying them).
 fn context(cluster: Arc<Mutex<Cluster>>, now: i64) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
     let (ctx, server) = unisolated_context(cluster, now);
-    ctx.isolated_namespaces.lock().unwrap().insert("room".to_string());
+    ctx.isolated_namespaces.mark("room");
     (ctx, server)
 }
 
@@ -197,8 +197,13 @@ async fn a_new_backend_gets_its_secret_service_and_pod_then_a_pending_status() {
 async fn a_namespace_is_isolated_before_its_first_pod_and_only_once_per_controller() {
     let cluster = shared(Cluster::default());
     let (ctx, server) = unisolated_context(cluster.clone(), 1001);
-    reconcile(Arc::new(SessionLivedBackend::test()), ctx.clone()).await.unwrap();
-    reconcile(Arc::new(SessionLivedBackend::test().named("other")), ctx).await.unwrap();
+    // At the same time, as after a restart: the second waits for the first's apply.
+    let (first, second) = futures::join!(
+        reconcile(Arc::new(SessionLivedBackend::test()), ctx.clone()),
+        reconcile(Arc::new(SessionLivedBackend::test().named("other")), ctx.clone()),
+    );
+    (first.unwrap(), second.unwrap());
+    reconcile(Arc::new(SessionLivedBackend::test().named("third")), ctx).await.unwrap();
     server.abort();
     let c = cluster.lock().unwrap();
     let writes = c.writes();
