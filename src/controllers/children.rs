@@ -74,7 +74,14 @@ pub fn owns<C: Child>(
     let mine = watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE));
     let (store, writer) = reflector::store::<C>();
     caches.insert(store);
-    controller.owns_stream(reflector::reflector(writer, watcher(api, mine)).default_backoff().touched_objects())
+    let events = watcher(api, mine).modify(trim);
+    controller.owns_stream(reflector::reflector(writer, events).default_backoff().touched_objects())
+}
+
+/// What the controller's caches drop from each object: its managed fields, which nothing
+/// reads and which are often the larger part of an object.
+pub fn trim<K: Resource>(object: &mut K) {
+    object.managed_fields_mut().clear();
 }
 
 /// What a reconciliation found of one child.
@@ -110,6 +117,11 @@ pub async fn find<C: Child>(ctx: &Context, backend: &SessionLivedBackend, namesp
         Some(_) => Found::Foreign,
         None => Found::Missing,
     })
+}
+
+/// Whether the cache has an object of kind `C` named after the backend (whoever owns it).
+pub fn cached<C: Child>(ctx: &Context, backend: &SessionLivedBackend, namespace: &str) -> bool {
+    ctx.caches.get::<C>().is_some_and(|c| c.get(&ObjectRef::new(&backend.name_any()).within(namespace)).is_some())
 }
 
 /// Creates the backend's child of kind `C` (if it needs one), never touching an existing object

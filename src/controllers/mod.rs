@@ -42,8 +42,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -224,7 +224,11 @@ fn backend_controller(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(backends, watcher::Config::default());
+    // The backends' cache keeps them without managed fields (a large part of each object):
+    // nothing reads them, and at 10,000 backends they are memory (`cargo xtask bench scale`).
+    let (reader, writer) = reflector::store();
+    let events = watcher(backends, watcher::Config::default()).modify(children::trim);
+    let controller = Controller::for_stream(reflector(writer, events).default_backoff().applied_objects(), reader);
     let controller = children::owns::<Pod>(controller, client, namespace, caches);
     children::owns::<Service>(controller, client, namespace, caches)
 }
@@ -242,10 +246,16 @@ fn pool_controller(client: &Client, namespace: Option<&str>) -> Controller<Sessi
         watcher::Config::default().labels(pool::POOL_LABEL),
         |pod| {
             let pool = pod.labels().get(pool::POOL_LABEL)?;
-            Some(ObjectRef::new(pool).within(&pod.namespace()?))
+            Some(reflector::ObjectRef::new(pool).within(&pod.namespace()?))
         },
     )
 }
+
+/// Reconciliations in flight at most, per controller. Unbounded, a restart at 10,000 backends
+/// started them all at once, each holding its own connection to the API server; the client pool
+/// kept those connections and their buffers (`cargo xtask bench scale`). 64 in flight, a few
+/// round trips each, still reconcile hundreds of backends a second.
+const CONCURRENCY: u16 = 64;
 
 /// Runs one controller until `done`, then lets the reconciliations in flight finish.
 async fn drive<K, F>(
@@ -260,6 +270,7 @@ async fn drive<K, F>(
     F::Error: std::error::Error + Send + 'static,
 {
     controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(done.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
