@@ -13,5 +13,6 @@ mod controller_bench;
 mod controller_ready;
 mod node;
 mod pool;
+mod scale_bench;
 mod support;
 mod sweeper;

@@ -72,6 +72,12 @@ impl ControllerProcess {
 
     /// Starts the controller with exactly these arguments (plus a free metrics port).
     pub fn start_with(args: &[String]) -> Self {
+        Self::start_logging(args, "info,spawner=debug")
+    }
+
+    /// [`start_with`](Self::start_with), logging what `filter` (`RUST_LOG`) lets through: a
+    /// benchmark logs less, so that logging does not weigh on what it measures.
+    pub fn start_logging(args: &[String], filter: &str) -> Self {
         let metrics_addr = free_port();
         let log =
             std::env::temp_dir().join(format!("spawner-controller-{}-{}.log", std::process::id(), metrics_addr.port()));
@@ -80,12 +86,16 @@ impl ControllerProcess {
             .args(args)
             .arg(format!("--metrics-addr={metrics_addr}"))
             .env("KUBECONFIG", impersonating_kubeconfig())
-            .env("RUST_LOG", "info,spawner=debug")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("starting spawner-controller");
         Self { child, log, metrics_addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn logs(&self) -> String {

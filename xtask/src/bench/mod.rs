@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod pool;
+pub mod scale;
 pub mod sidecar;
 pub mod sweeper;
 
@@ -17,6 +18,9 @@ pub enum Bench {
     /// Backends from a warm pool against cold ones: create → Ready → first 200 through the proxy
     /// (needs Spawner deployed).
     Pool(pool::Args),
+    /// The controller at 10,000 backends on 100 simulated (kwok) nodes, against a raw client:
+    /// creation, memory and CPU, a restart, deletion (needs the local cluster, nothing deployed).
+    Scale(scale::Args),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -25,5 +29,6 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Controller(args) => controller::run(args),
         Bench::Sweeper => sweeper::run(),
         Bench::Pool(args) => pool::run(args),
+        Bench::Scale(args) => scale::run(args),
     }
 }
