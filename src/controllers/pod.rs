@@ -26,6 +26,21 @@ impl Child for Pod {
     fn build(backend: &SessionLivedBackend, ctx: &Context) -> Option<Self> {
         Some(build_pod(backend, &ctx.config.sidecar))
     }
+
+    /// Keeps the metadata, the status, the node and the containers' names (what the status is
+    /// derived from); the rest of the spec (the template with the sidecar: most of a pod) goes.
+    fn trim(&mut self) {
+        crate::controllers::children::trim(self);
+        if let Some(spec) = &mut self.spec {
+            let named = |c: &Container| Container { name: c.name.clone(), ..Container::default() };
+            *spec = PodSpec {
+                node_name: spec.node_name.take(),
+                containers: spec.containers.iter().map(named).collect(),
+                init_containers: spec.init_containers.as_ref().map(|cs| cs.iter().map(named).collect()),
+                ..PodSpec::default()
+            };
+        }
+    }
 }
 
 /// Directory the token Secret is mounted at in the sidecar.
@@ -249,7 +264,36 @@ fn port(name: &str, number: i32) -> ContainerPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::fixtures::BackendExt;
+    use crate::controllers::fixtures::{BackendExt, PodExt, at};
+    use crate::controllers::status::{PodView, derive_status};
+
+    #[test]
+    fn a_trimmed_pod_gives_the_same_status_as_the_whole_pod() {
+        let backend = SessionLivedBackend::test();
+        // The fixture's states, each on the whole spec of a real pod (the sidecar injected).
+        let whole = |pod: Pod| {
+            let fixture = pod.spec.clone().unwrap_or_default();
+            let mut spec = build_pod(&backend, &SidecarConfig::default()).spec.unwrap();
+            spec.node_name = fixture.node_name;
+            spec.init_containers.get_or_insert_default().extend(fixture.init_containers.unwrap_or_default());
+            Pod { spec: Some(spec), ..pod }
+        };
+        let pods = [
+            Pod::test(),
+            Pod::test().unschedulable("0/1 nodes are available"),
+            Pod::test().scheduled_to("node-1").app_waiting("ImagePullBackOff"),
+            Pod::test().scheduled_to("node-1").running().init_waiting("setup", "CrashLoopBackOff"),
+            Pod::test().scheduled_to("node-1").running().ready(),
+            Pod::test().scheduled_to("node-1").running().app_terminated(1, "Error").phase("Failed"),
+        ];
+        let status = |pod: &Pod| derive_status(&backend, PodView::Exists(pod), at(1010), "http://proxy");
+        for pod in pods.map(whole) {
+            let mut trimmed = pod.clone();
+            trimmed.trim();
+            assert!(trimmed.spec.as_ref().unwrap().volumes.is_none(), "the rest of the spec is dropped");
+            assert_eq!(status(&trimmed), status(&pod), "{pod:?}");
+        }
+    }
 
     fn sidecar(pod: &Pod) -> Option<&Container> {
         pod.spec.as_ref()?.containers.iter().find(|c| c.name == names::SIDECAR_CONTAINER)

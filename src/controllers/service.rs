@@ -15,6 +15,13 @@ impl Child for Service {
     fn build(backend: &SessionLivedBackend, _: &Context) -> Option<Self> {
         Some(build_service(backend))
     }
+
+    /// Only whose it is matters (the metadata): the Service is made once and never changed.
+    fn trim(&mut self) {
+        crate::controllers::children::trim(self);
+        self.spec = None;
+        self.status = None;
+    }
 }
 
 /// The Service of `backend`: ClusterIP, port 80 to the sidecar's proxy port (or straight to the
