@@ -202,7 +202,8 @@ async fn a_namespace_is_isolated_before_its_first_pod_and_only_once_per_controll
         reconcile(Arc::new(SessionLivedBackend::test()), ctx.clone()),
         reconcile(Arc::new(SessionLivedBackend::test().named("other")), ctx.clone()),
     );
-    (first.unwrap(), second.unwrap());
+    first.unwrap();
+    second.unwrap();
     reconcile(Arc::new(SessionLivedBackend::test().named("third")), ctx).await.unwrap();
     server.abort();
     let c = cluster.lock().unwrap();

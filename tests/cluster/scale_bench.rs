@@ -346,6 +346,10 @@ fn row(step: impl Into<String>, spawner: impl Into<String>, reference: impl Into
 }
 
 const LONG: Duration = Duration::from_secs(1800);
+/// The backends' startup timeout: longer than the run. At the default 300 s, a 10,000-backend
+/// run on 2 cores, where the API server fell behind, failed thousands of them (StartupTimeout)
+/// and the bench then waited for a count of Ready backends that could never come.
+const STARTUP_TIMEOUT: u64 = 3600;
 
 /// The raw client's side: bare Pods and Services, created and deleted the same way.
 async fn reference(s: &Settings, rows: &mut Vec<Row>) {
@@ -469,7 +473,7 @@ async fn bench_scale() {
         async move {
             create_all(&names, rate, concurrency, move |name| {
                 let api = api.clone();
-                let backend = backend(&name, json!({"template": template}));
+                let backend = backend(&name, json!({"template": template, "startupTimeoutSeconds": STARTUP_TIMEOUT}));
                 async move {
                     api.create(&PostParams::default(), &backend).await.expect("backend");
                 }
@@ -519,7 +523,10 @@ async fn bench_scale() {
     let t = Instant::now();
     let controller = ControllerProcess::start_logging(&controller_args, "info");
     env.api::<SessionLivedBackend>()
-        .create(&PostParams::default(), &backend("after-restart", json!({"template": s.template()})))
+        .create(
+            &PostParams::default(),
+            &backend("after-restart", json!({"template": s.template(), "startupTimeoutSeconds": STARTUP_TIMEOUT})),
+        )
         .await
         .expect("the backend after the restart");
     backends
