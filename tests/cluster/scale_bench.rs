@@ -312,7 +312,8 @@ fn writes_per(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, obj
         .filter(|(_, v)| *v >= 0.05)
         .collect();
     parts.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total = parts.iter().map(|(_, v)| v).sum();
+    // An empty sum of floats is -0.0, printed "-0.00"; adding 0.0 makes it 0.0.
+    let total = parts.iter().map(|(_, v)| v).sum::<f64>() + 0.0;
     let detail = parts.iter().map(|(r, v)| format!("{r} {v:.2}")).collect::<Vec<_>>().join(", ");
     (total, detail)
 }
