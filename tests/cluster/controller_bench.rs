@@ -22,8 +22,7 @@ use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use spawner::controllers::pod::{SidecarConfig, build_pod};
-use spawner::controllers::service::build_service;
+use spawner::controllers::pod::SidecarConfig;
 use spawner::crd::SessionLivedBackend;
 
 use crate::support::controller::*;
@@ -94,14 +93,7 @@ async fn burst(n: usize, concurrency: usize, auth: &str) -> (Duration, Duration)
                 let (pods, services) = (raw.api::<Pod>(), raw.api::<Service>());
                 let mut backend = bench_backend(&name, auth);
                 backend.metadata.namespace = Some(raw.namespace.clone());
-                async move {
-                    let mut pod = build_pod(&backend, &SidecarConfig::default());
-                    let mut service = build_service(&backend);
-                    pod.metadata.owner_references = None;
-                    service.metadata.owner_references = None;
-                    pods.create(&PostParams::default(), &pod).await.expect("raw pod");
-                    services.create(&PostParams::default(), &service).await.expect("raw service");
-                }
+                async move { create_without_controller(&pods, &services, &backend).await }
             })
             .await;
     })

@@ -28,8 +28,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use spawner::controllers::pod::{SidecarConfig, build_pod};
-use spawner::controllers::service::build_service;
 use spawner::crd::{Phase, SessionLivedBackend};
 use spawner::names;
 use tokio::sync::Notify;
@@ -368,14 +366,7 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
         let (pods, services) = (pod_api.clone(), service_api.clone());
         let mut backend = backend(&name, json!({"template": template}));
         backend.metadata.namespace = Some(namespace.clone());
-        async move {
-            let mut pod = build_pod(&backend, &SidecarConfig::default());
-            let mut service = build_service(&backend);
-            pod.metadata.owner_references = None;
-            service.metadata.owner_references = None;
-            pods.create(&PostParams::default(), &pod).await.expect("raw pod");
-            services.create(&PostParams::default(), &service).await.expect("raw service");
-        }
+        async move { create_without_controller(&pods, &services, &backend).await }
     })
     .await;
     pods.wait("raw pods Ready", LONG, |seen| seen.ready_at.len() >= n).await;

@@ -12,10 +12,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::wait::Condition;
+use spawner::controllers::pod::{SidecarConfig, build_pod};
+use spawner::controllers::service::build_service;
 use spawner::crd::SessionLivedBackend;
 use spawner::names;
 
@@ -157,6 +160,17 @@ impl Drop for ControllerProcess {
             eprintln!("--- spawner-controller log ({}) ---\n{}", self.log.display(), self.logs());
         }
     }
+}
+
+/// The raw client of the benchmarks: the very Pod and Service the controller builds for
+/// `backend`, created directly, without owner references (there is no backend to own them).
+pub async fn create_without_controller(pods: &Api<Pod>, services: &Api<Service>, backend: &SessionLivedBackend) {
+    let mut pod = build_pod(backend, &SidecarConfig::default());
+    let mut service = build_service(backend);
+    pod.metadata.owner_references = None;
+    service.metadata.owner_references = None;
+    pods.create(&PostParams::default(), &pod).await.expect("raw pod");
+    services.create(&PostParams::default(), &service).await.expect("raw service");
 }
 
 /// A backend running the test app, from JSON so tests read like manifests.
