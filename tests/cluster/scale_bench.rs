@@ -560,10 +560,14 @@ async fn bench_scale() {
 
     // Delete everything with one request.
     let t = Instant::now();
-    env.api::<SessionLivedBackend>()
-        .delete_collection(&DeleteParams::background(), &ListParams::default())
-        .await
-        .expect("delete backends");
+    // Once more if the first attempt's connection broke: at 2,000 backends it came back as an
+    // incomplete message (a pooled connection the API server had closed, or the long request
+    // cut); the request is idempotent.
+    let api = env.api::<SessionLivedBackend>();
+    if let Err(e) = api.delete_collection(&DeleteParams::background(), &ListParams::default()).await {
+        eprintln!("delete backends failed ({e}); once more");
+        api.delete_collection(&DeleteParams::background(), &ListParams::default()).await.expect("delete backends");
+    }
     let mut gone = backends.wait("backends gone", LONG, |seen| seen.present.is_empty()).await;
     for (kind, tracker) in [("pods", &pods), ("services", &services), ("secrets", &secrets)] {
         gone = gone.max(tracker.wait(&format!("{kind} gone"), LONG, |seen| seen.present.is_empty()).await);
