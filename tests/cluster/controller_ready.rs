@@ -27,7 +27,7 @@ async fn a_backend_gets_ready_and_kubectl_wait_returns() {
     assert!(status.node_name.is_some() && status.pod_ip.is_some(), "{status:?}");
     assert!(status.started_at.is_some() && status.ready_at.is_some(), "{status:?}");
     assert_eq!(condition(&backend, "Failed").status, "False");
-    for reason in ["PodCreated", "Scheduled", "Ready"] {
+    for reason in ["PodCreated", "Ready"] {
         wait_for_event(&env, "ready", reason, WAIT).await;
     }
     let pod = env.api::<Pod>().get("ready").await.unwrap();
