@@ -334,15 +334,60 @@ fn usage(pid: u32) -> (f64, f64) {
     (rss_kib / 1024.0, (ticks(11) + ticks(12)) / 100.0)
 }
 
+/// The processes that share the machine during a run, by command name: what bounds a step is
+/// whichever of them runs out of CPU first.
+const PARTS: &[(&str, &str)] = &[
+    ("kube-apiserver", "apiserver"),
+    ("etcd", "etcd"),
+    ("kube-controller", "kcm"),
+    ("kube-scheduler", "scheduler"),
+    ("kube-proxy", "kube-proxy"),
+    ("kwok", "kwok"),
+    ("spawner-control", "controller"),
+    ("cluster-", "bench"),
+];
+
+/// CPU time (s) so far of each of [`PARTS`] (every process of that command name, summed).
+fn parts_cpu() -> Vec<f64> {
+    let mut out = vec![0.0; PARTS.len()];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if let Some(i) = PARTS.iter().position(|(name, _)| comm.trim_end().starts_with(name)) {
+            out[i] += usage(pid).1;
+        }
+    }
+    out
+}
+
+/// CPU cores each of [`PARTS`] used since `before` (from [`parts_cpu`]), `elapsed` ago; the
+/// ones under 0.05 left out.
+fn parts_cores(before: &[f64], elapsed: Duration) -> String {
+    let after = parts_cpu();
+    PARTS
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|((_, label), (b, a))| (label, (a - b) / elapsed.as_secs_f64()))
+        .filter(|(_, cores)| *cores >= 0.05)
+        .map(|(label, cores)| format!("{label} {cores:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 struct Row {
     step: String,
     spawner: String,
     reference: String,
 }
 
+/// A row of the table, also printed at once: a long run cut short still shows what it measured.
 fn row(step: impl Into<String>, spawner: impl Into<String>, reference: impl Into<String>) -> Row {
-    Row { step: step.into(), spawner: spawner.into(), reference: reference.into() }
+    let r = Row { step: step.into(), spawner: spawner.into(), reference: reference.into() };
+    println!("so far: {} | {} | {}", r.step, r.spawner, r.reference);
+    r
 }
+
+const CREATE_CPU: &str = "create: CPU cores per process, first request → all Ready";
 
 const LONG: Duration = Duration::from_secs(1800);
 /// The backends' startup timeout: longer than the run. At the default 300 s, a 10,000-backend
@@ -361,6 +406,7 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     let template = s.template();
     let (pod_api, service_api) = (env.api::<Pod>(), env.api::<Service>());
     let namespace = env.namespace.clone();
+    let cpu = parts_cpu();
     let t = Instant::now();
     let (started, throughput) = create_all(&names, s.rate, s.concurrency, move |name| {
         let (pods, services) = (pod_api.clone(), service_api.clone());
@@ -371,6 +417,7 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     .await;
     pods.wait("raw pods Ready", LONG, |seen| seen.ready_at.len() >= n).await;
     let all_ready = pods.last_ready().unwrap() - t;
+    let cores = parts_cores(&cpu, t.elapsed());
     let after = api_writes(&env.client).await;
     let (writes, detail) = writes_per(&before, &after, n);
     let paced = paced_latencies(&pods, &started, &names);
@@ -401,6 +448,7 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     rows.push(row("API writes per object", "", format!("{writes:.1}")));
     let rate = writes * n as f64 / all_ready.as_secs_f64();
     rows.push(row("API writes/s served, first request → all Ready", "", format!("{rate:.0}")));
+    rows.push(row(CREATE_CPU, "", cores));
     rows.push(row(
         "delete all (one request per kind) → every child gone, s",
         "",
@@ -458,6 +506,7 @@ async fn bench_scale() {
     let before = api_writes(&env.client).await;
     let api = env.api::<SessionLivedBackend>();
     let template = s.template();
+    let cpu = parts_cpu();
     let t = Instant::now();
     let creating = tokio::spawn({
         let names = names.clone();
@@ -490,6 +539,7 @@ async fn bench_scale() {
     }
     let (started, throughput) = creating.await.expect("creating backends");
     let all_ready = backends.last_ready().unwrap() - t;
+    let cores = parts_cores(&cpu, t.elapsed());
     let after = api_writes(&env.client).await;
     let (writes, detail) = writes_per(&before, &after, n);
     println!("Spawner: {n} backends; writes per backend: {writes:.1} ({detail})");
@@ -504,6 +554,7 @@ async fn bench_scale() {
     rows.push(row("API writes per object", format!("{writes:.1}"), ""));
     let rate = writes * n as f64 / all_ready.as_secs_f64();
     rows.push(row("API writes/s served, first request → all Ready", format!("{rate:.0}"), ""));
+    rows.push(row(CREATE_CPU, cores, ""));
     rows.extend(usage_rows);
     tokio::time::sleep(Duration::from_secs(10)).await; // a quiet moment: the idle RSS at N
     let (rss, _) = usage(controller.pid());
