@@ -11,6 +11,8 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt::Debug;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use kube::api::PostParams;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Controller;
@@ -53,15 +55,36 @@ pub trait Child:
 /// Caches of the watched child kinds, filled by the same watches that trigger reconciliations
 /// (so a trigger never outruns its cache).
 #[derive(Default)]
-pub struct Caches(HashMap<TypeId, Box<dyn Any + Send + Sync>>);
+pub struct Caches {
+    stores: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    /// For each store, a future that resolves once it has been listed.
+    listed: Vec<Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>,
+}
 
 impl Caches {
     fn insert<C: Child>(&mut self, store: Store<C>) {
-        self.0.insert(TypeId::of::<C>(), Box::new(store));
+        self.stores.insert(TypeId::of::<C>(), Box::new(store.clone()));
+        self.listed.push(Box::new(move || {
+            let store = store.clone();
+            // An error means the watch was dropped: the controller is stopping, nothing to wait for.
+            async move {
+                let _ = store.wait_until_ready().await;
+            }
+            .boxed()
+        }));
     }
 
     pub(crate) fn get<C: Child>(&self) -> Option<&Store<C>> {
-        self.0.get(&TypeId::of::<C>()).and_then(|s| s.downcast_ref())
+        self.stores.get(&TypeId::of::<C>()).and_then(|s| s.downcast_ref())
+    }
+
+    /// Waits until every cache has been listed once (at once, after that). Until then a
+    /// reconciliation would miss each child in the cache and ask the API server: after a restart
+    /// at 10,000 backends, whose list arrives before their pods', 20,000 reads.
+    pub async fn listed(&self) {
+        for listed in &self.listed {
+            listed().await;
+        }
     }
 }
 

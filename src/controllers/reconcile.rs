@@ -35,6 +35,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     let now = ctx.now();
     let deleting = backend.metadata.deletion_timestamp.is_some();
     let old_phase = backend.status.as_ref().and_then(|s| s.phase);
+    ctx.caches.listed().await;
 
     if !deleting && let Some(expiry) = lifetime::expiry(&backend, now, ctx.config.failed_retention) {
         info!(backend = %id, reason = expiry.reason, "deleting backend");
