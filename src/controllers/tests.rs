@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use serde_json::{Value, json};
 
 use super::context::{Config, Context};
@@ -74,6 +75,8 @@ impl Cluster {
                 self.events.push(body.clone());
                 (201, body)
             }
+            // The recorder's next count of an Event it has published.
+            (Method::PATCH, ["events", _]) => (200, body),
             (Method::POST, [kind]) => {
                 let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 let key = format!("{kind}/{name}");
@@ -383,4 +386,23 @@ async fn a_pod_refused_by_a_quota_is_retried_not_failed() {
     let error = reconcile_in(&cluster, SessionLivedBackend::test().auth_none(), 1001).await.unwrap_err();
     assert!(error.to_string().contains("exceeded quota"), "{error}");
     assert!(cluster.lock().unwrap().status.is_none(), "no status written: the backend is not Failed");
+}
+
+#[tokio::test]
+async fn a_repeated_warning_becomes_a_series_and_a_backends_milestones_are_not_kept() {
+    let cluster = shared(Cluster::default());
+    let (ctx, server) = context(cluster.clone(), 1001);
+    let backend = SessionLivedBackend::test();
+    for _ in 0..2 {
+        ctx.publish(&backend, EventType::Warning, "NotReady", "flapping".to_string()).await;
+        ctx.publish(&backend, EventType::Normal, "Ready", "back".to_string()).await;
+    }
+    server.abort();
+    let c = cluster.lock().unwrap();
+    let writes: Vec<&str> = c.writes().into_iter().map(|w| w.split('/').next().unwrap()).collect();
+    assert_eq!(
+        writes,
+        ["POST events", "POST events", "PATCH events", "POST events"],
+        "the second NotReady counts on the first; each Ready is its own, from no cache"
+    );
 }

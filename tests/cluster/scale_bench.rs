@@ -334,26 +334,27 @@ fn usage(pid: u32) -> (f64, f64) {
     (rss_kib / 1024.0, (ticks(11) + ticks(12)) / 100.0)
 }
 
-/// The processes that share the machine during a run, by command name: what bounds a step is
-/// whichever of them runs out of CPU first.
+/// The processes that share the machine during a run, by a part of their executable's path
+/// (etcd's is `etcd/<version>/server`): what bounds a step is whichever of them runs out of CPU.
 const PARTS: &[(&str, &str)] = &[
-    ("kube-apiserver", "apiserver"),
-    ("etcd", "etcd"),
-    ("kube-controller", "kcm"),
-    ("kube-scheduler", "scheduler"),
-    ("kube-proxy", "kube-proxy"),
-    ("kwok", "kwok"),
-    ("spawner-control", "controller"),
-    ("cluster-", "bench"),
+    ("/kube-apiserver", "apiserver"),
+    ("/etcd/", "etcd"),
+    ("/kube-controller-manager", "kcm"),
+    ("/kube-scheduler", "scheduler"),
+    ("/kube-proxy", "kube-proxy"),
+    ("/kwok", "kwok"),
+    ("/spawner-controller", "controller"),
+    ("/deps/cluster-", "bench"),
 ];
 
-/// CPU time (s) so far of each of [`PARTS`] (every process of that command name, summed).
+/// CPU time (s) so far of each of [`PARTS`] (every process of that executable, summed).
 fn parts_cpu() -> Vec<f64> {
     let mut out = vec![0.0; PARTS.len()];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if let Some(i) = PARTS.iter().position(|(name, _)| comm.trim_end().starts_with(name)) {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { continue };
+        let exe = exe.to_string_lossy();
+        if let Some(i) = PARTS.iter().position(|(part, _)| exe.contains(part)) {
             out[i] += usage(pid).1;
         }
     }
