@@ -27,18 +27,14 @@ impl Child for Pod {
         Some(build_pod(backend, &ctx.config.sidecar))
     }
 
-    /// Keeps the metadata, the status, the node and the containers' names (what the status is
-    /// derived from); the rest of the spec (the template with the sidecar: most of a pod) goes.
+    /// Keeps the metadata, the status and the node (what the status is derived from); the rest
+    /// of the spec (the template with the sidecar: most of a pod) goes. Not even the containers'
+    /// names: each `Container` is 2 KiB before its first field is set, and two per pod were a
+    /// fifth of the controller's memory at 10,000 backends.
     fn trim(&mut self) {
         crate::controllers::children::trim(self);
         if let Some(spec) = &mut self.spec {
-            let named = |c: &Container| Container { name: c.name.clone(), ..Container::default() };
-            *spec = PodSpec {
-                node_name: spec.node_name.take(),
-                containers: spec.containers.iter().map(named).collect(),
-                init_containers: spec.init_containers.as_ref().map(|cs| cs.iter().map(named).collect()),
-                ..PodSpec::default()
-            };
+            *spec = PodSpec { node_name: spec.node_name.take(), ..PodSpec::default() };
         }
     }
 }
@@ -290,7 +286,8 @@ mod tests {
         for pod in pods.map(whole) {
             let mut trimmed = pod.clone();
             trimmed.trim();
-            assert!(trimmed.spec.as_ref().unwrap().volumes.is_none(), "the rest of the spec is dropped");
+            let spec = trimmed.spec.as_ref().unwrap();
+            assert!(spec.volumes.is_none() && spec.containers.is_empty(), "all but the node is dropped");
             assert_eq!(status(&trimmed), status(&pod), "{pod:?}");
         }
     }

@@ -152,7 +152,7 @@ pub fn derive_status(
         new.pod_port = Some(service::serving_port(backend));
     }
     if new.started_at.is_none() {
-        new.started_at = pod_ref.and_then(app_started_at);
+        new.started_at = pod_ref.and_then(|pod| app_started_at(backend, pod));
     }
     if pod_ready && new.ready_at.is_none() {
         let kubelet_time = pod_status
@@ -333,24 +333,25 @@ fn pod_failure(pod: &Pod) -> Option<Failure> {
     None
 }
 
-/// The first container, in the pod's order (init containers first), that the kubelet holds
-/// back for a reason a person must act on (`ErrImagePull`, `ImagePullBackOff`,
+/// The first container (init containers first, the sidecar last, the others as the kubelet
+/// lists them) that the kubelet holds back for a reason a person must act on (`ErrImagePull`, `ImagePullBackOff`,
 /// `CreateContainerConfigError`, `CrashLoopBackOff` of a restartable init container...), as
-/// the kubelet's reason and a message naming the container.
+/// the kubelet's reason and a message naming the container. From the pod's status alone: the
+/// controller's cache keeps no container specs (`Child::trim`).
 fn waiting_container(pod: &Pod) -> Option<Cause> {
-    let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
-    let init =
-        spec.init_containers.iter().flatten().map(|c| ("init container", &c.name, &status.init_container_statuses));
-    let app = spec.containers.iter().map(|c| ("container", &c.name, &status.container_statuses));
-    init.chain(app).find_map(|(kind, name, statuses)| {
-        let found: &ContainerStatus = statuses.iter().flatten().find(|c| &c.name == name)?;
+    let init = status.init_container_statuses.iter().flatten().map(|c| ("init container", c));
+    let (sidecar, app): (Vec<_>, Vec<_>) =
+        status.container_statuses.iter().flatten().partition(|c| c.name == names::SIDECAR_CONTAINER);
+    let app = app.into_iter().chain(sidecar).map(|c| ("container", c));
+    init.chain(app).find_map(|(kind, found): (_, &ContainerStatus)| {
         let waiting = found.state.as_ref()?.waiting.as_ref()?;
         let why = waiting.reason.as_deref().filter(|r| !r.is_empty())?;
         // ContainerCreating and PodInitializing are the normal path: not worth a status write.
         if why == "ContainerCreating" || why == "PodInitializing" {
             return None;
         }
+        let name = &found.name;
         let message = match waiting.message.as_deref().filter(|m| !m.is_empty()) {
             Some(detail) => format!("{kind} {name}: {detail}"),
             None => format!("{kind} {name} is waiting"),
@@ -359,16 +360,17 @@ fn waiting_container(pod: &Pod) -> Option<Cause> {
     })
 }
 
-/// When the application container started (the first container; the sidecar does not count).
-fn app_started_at(pod: &Pod) -> Option<Time> {
-    let app = pod.spec.as_ref()?.containers.first()?.name.as_str();
+/// When the application container started: the template's first container (without a
+/// template at hand, the first that is not the sidecar).
+fn app_started_at(backend: &SessionLivedBackend, pod: &Pod) -> Option<Time> {
+    let app = backend.spec.template.as_ref().and_then(|t| t.containers.first()).map(|c| c.name.as_str());
     let status = pod
         .status
         .as_ref()?
         .container_statuses
         .iter()
         .flatten()
-        .find(|c| c.name == app && c.name != names::SIDECAR_CONTAINER)?;
+        .find(|c| c.name != names::SIDECAR_CONTAINER && app.is_none_or(|app| c.name == app))?;
     let state = status.state.as_ref()?;
     state
         .running
