@@ -90,6 +90,7 @@ impl ControllerProcess {
             .arg(format!("--metrics-addr={metrics_addr}"))
             .env("KUBECONFIG", impersonating_kubeconfig())
             .env("RUST_LOG", filter)
+            .envs(spawner::controllers::PROCESS_ENV.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -57,23 +57,24 @@ pub fn controller() -> Object {
             format!("--metrics-addr=0.0.0.0:{CONTROLLER_HTTP_PORT}"),
             "--log-format=json".into(),
         ]),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            EnvVar {
-                name: "SPAWNER_CLAIM_KEY_FILE".into(),
-                value: Some(format!("{CLAIM_KEY_DIR}/{CLAIM_KEY_FILE}")),
-                ..Default::default()
-            },
-        ]),
+        env: Some(
+            [
+                field_env("POD_NAME", "metadata.name"),
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+                value_env("SPAWNER_CLAIM_KEY_FILE", &format!("{CLAIM_KEY_DIR}/{CLAIM_KEY_FILE}")),
+            ]
+            .into_iter()
+            .chain(spawner::controllers::PROCESS_ENV.iter().map(|(name, value)| value_env(name, value)))
+            .collect(),
+        ),
         volume_mounts: Some(vec![VolumeMount {
             name: "claim-key".into(),
             mount_path: CLAIM_KEY_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         }]),
-        // Memory grows with the backends it caches: about 36 MiB per 1,000 (`cargo xtask bench
-        // scale`); the limit leaves room for about 20,000. See the README's "Scale".
+        // Memory grows with the backends it caches: under 20 MiB per 1,000 (`cargo xtask bench
+        // scale`); the limit leaves room for about 40,000. See the README's "Scale".
         ..serving("controller", ("http", CONTROLLER_HTTP_PORT, "/readyz"), ("50m", "128Mi"), ("1", "1Gi"))
     };
     // Leader election makes a second replica safe; one is enough to start with.
@@ -259,9 +260,9 @@ pub fn sample_lobby() -> Vec<Object> {
                 }),
                 ..Default::default()
             },
-            EnvVar { name: "SPAWNER_POOL".into(), value: Some(DEMO_POOL.into()), ..Default::default() },
+            value_env("SPAWNER_POOL", DEMO_POOL),
             field_env("SPAWNER_NAMESPACE", "metadata.namespace"),
-            EnvVar { name: "LOG_FORMAT".into(), value: Some("json".into()), ..Default::default() },
+            value_env("LOG_FORMAT", "json"),
         ]),
         ..serving("demo-lobby", ("http", 8080, "/healthz"), ("10m", "16Mi"), ("500m", "64Mi"))
     };
@@ -437,6 +438,10 @@ fn http_probe(path: &str, port: i32) -> Probe {
 
 fn port(name: &str, port: i32) -> ContainerPort {
     ContainerPort { name: Some(name.into()), container_port: port, ..Default::default() }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
 fn field_env(name: &str, field_path: &str) -> EnvVar {
