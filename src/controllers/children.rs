@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture, Shared};
 use kube::api::PostParams;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Controller;
@@ -54,24 +54,31 @@ pub trait Child:
 
 /// Caches of the watched child kinds, filled by the same watches that trigger reconciliations
 /// (so a trigger never outruns its cache).
-#[derive(Default)]
 pub struct Caches {
     stores: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
-    /// For each store, a future that resolves once it has been listed.
-    listed: Vec<Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>,
+    /// Resolves once every store has been listed. Shared, because every reconciliation waits on
+    /// it and kube's `Store::wait_until_ready` wakes only the last of several tasks waiting at
+    /// once (one oneshot receiver, one waker): the others would wait forever.
+    listed: Shared<BoxFuture<'static, ()>>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self { stores: HashMap::new(), listed: future::ready(()).boxed().shared() }
+    }
 }
 
 impl Caches {
     fn insert<C: Child>(&mut self, store: Store<C>) {
         self.stores.insert(TypeId::of::<C>(), Box::new(store.clone()));
-        self.listed.push(Box::new(move || {
-            let store = store.clone();
-            // An error means the watch was dropped: the controller is stopping, nothing to wait for.
-            async move {
-                let _ = store.wait_until_ready().await;
-            }
-            .boxed()
-        }));
+        let before = self.listed.clone();
+        self.listed = async move {
+            before.await;
+            // An error means the watch was dropped: the controller is stopping.
+            let _ = store.wait_until_ready().await;
+        }
+        .boxed()
+        .shared();
     }
 
     pub(crate) fn get<C: Child>(&self) -> Option<&Store<C>> {
@@ -82,9 +89,7 @@ impl Caches {
     /// reconciliation would miss each child in the cache and ask the API server: after a restart
     /// at 10,000 backends, whose list arrives before their pods', 20,000 reads.
     pub async fn listed(&self) {
-        for listed in &self.listed {
-            listed().await;
-        }
+        self.listed.clone().await;
     }
 }
 
@@ -195,4 +200,39 @@ fn api<C: Child>(ctx: &Context, namespace: &str) -> Api<C> {
 /// `namespace/name`, as logs and errors name a backend.
 pub fn id(backend: &SessionLivedBackend) -> String {
     format!("{}/{}", backend.namespace().unwrap_or_default(), backend.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    use super::Caches;
+
+    #[tokio::test]
+    async fn every_reconciliation_waiting_for_the_caches_goes_on_once_they_are_listed() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let mut caches = Caches::default();
+        caches.insert(store);
+        let caches = std::sync::Arc::new(caches);
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.listed().await })
+            })
+            .collect();
+        // Each waiter runs until it waits (this runtime has one thread: yielding lets them run).
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(waiting.iter().all(|w| !w.is_finished()), "nothing is listed yet");
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        for w in waiting {
+            tokio::time::timeout(Duration::from_secs(5), w).await.expect("every waiter goes on").unwrap();
+        }
+    }
 }
