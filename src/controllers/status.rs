@@ -213,9 +213,8 @@ pub fn time(ts: Timestamp) -> Time {
 
 /// The Events a phase change is worth. Only what a person reading `kubectl describe` needs:
 /// Ready (and any way out of it). Reaching Scheduled or Running is in the conditions, and the
-/// pod's own Events (the scheduler's, the kubelet's) say it too; an Event for each would be two
-/// more API writes per backend, kept in the recorder's cache for six minutes — at 10,000
-/// backends a fifth of all writes (`cargo xtask bench scale`).
+/// pod's own Events (the scheduler's, the kubelet's) say it too; an Event for each was two of
+/// the 14.6 API writes per backend that `cargo xtask bench scale` counted.
 fn announce(old: Option<Phase>, new: &SessionLivedBackendStatus, failure: Option<&Failure>) -> Vec<Transition> {
     let Some(phase) = new.phase else { return Vec::new() };
     if old == Some(phase) {
@@ -334,9 +333,9 @@ fn pod_failure(pod: &Pod) -> Option<Failure> {
 }
 
 /// The first container (init containers first, the sidecar last, the others as the kubelet
-/// lists them) that the kubelet holds back for a reason a person must act on (`ErrImagePull`, `ImagePullBackOff`,
-/// `CreateContainerConfigError`, `CrashLoopBackOff` of a restartable init container...), as
-/// the kubelet's reason and a message naming the container. From the pod's status alone: the
+/// lists them) that the kubelet holds back for a reason a person must act on (`ErrImagePull`,
+/// `ImagePullBackOff`, `CreateContainerConfigError`, `CrashLoopBackOff` of a restartable init
+/// container...), as the kubelet's reason and a message naming the container. From the pod's status alone: the
 /// controller's cache keeps no container specs (`Child::trim`).
 fn waiting_container(pod: &Pod) -> Option<Cause> {
     let status = pod.status.as_ref()?;

@@ -390,6 +390,7 @@ fn row(step: impl Into<String>, spawner: impl Into<String>, reference: impl Into
     r
 }
 
+const DELETE_ALL: &str = "delete all (a request per object) → every child gone, s";
 const CREATE_CPU: &str = "create: CPU cores per process, first request → all Ready";
 
 const LONG: Duration = Duration::from_secs(1800);
@@ -449,11 +450,7 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     let rate = writes * n as f64 / all_ready.as_secs_f64();
     rows.push(row("API writes/s served, first request → all Ready", "", format!("{rate:.0}")));
     rows.push(row(CREATE_CPU, "", cores));
-    rows.push(row(
-        "delete all (a request per object) → every child gone, s",
-        "",
-        format!("{:.1}", deleted.as_secs_f64()),
-    ));
+    rows.push(row(DELETE_ALL, "", format!("{:.1}", deleted.as_secs_f64())));
 }
 
 /// Create → Ready of the first half (the paced one), sorted.
@@ -643,11 +640,7 @@ async fn bench_scale() {
     for (kind, tracker) in [("pods", &pods), ("services", &services), ("secrets", &secrets)] {
         gone = gone.max(tracker.wait(&format!("{kind} gone"), LONG, |seen| seen.present.is_empty()).await);
     }
-    rows.push(row(
-        "delete all (a request per object) → every child gone, s",
-        format!("{:.1}", (gone - t).as_secs_f64()),
-        "",
-    ));
+    rows.push(row(DELETE_ALL, format!("{:.1}", (gone - t).as_secs_f64()), ""));
     drop(controller);
     assert_eq!(pods.count() + services.count() + secrets.count(), 0);
     drop((backends, pods, services, secrets));
