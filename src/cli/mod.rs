@@ -158,9 +158,13 @@ pub struct SpecArgs {
     /// Container image of the application.
     #[arg(long, required_unless_present = "pool", conflicts_with = "pool")]
     pub image: Option<String>,
-    /// Take a warm pod of this SessionLivedBackendPool instead (its template, port, auth, egress
-    /// and grace period apply); with none left, start cold from its template.
-    #[arg(long, value_name = "POOL", conflicts_with_all = ["port", "env", "no_auth", "egress", "grace_period"])]
+    /// Take a warm pod of this SessionLivedBackendPool instead (its template, port, auth, egress,
+    /// Service and grace period apply); with none left, start cold from its template.
+    #[arg(
+        long,
+        value_name = "POOL",
+        conflicts_with_all = ["port", "env", "no_auth", "egress", "no_service", "grace_period"]
+    )]
     pub pool: Option<String>,
     /// Port the application listens on (it gets it as PORT).
     #[arg(long, default_value_t = crate::crd::DEFAULT_HTTP_PORT)]
@@ -184,6 +188,10 @@ pub struct SpecArgs {
     /// Where the backend may connect to: DNS and public addresses, nothing, or anywhere.
     #[arg(long, value_enum, default_value_t = crate::crd::Egress::Public)]
     pub egress: crate::crd::Egress,
+    /// Make no ClusterIP Service for the backend (spec.service.enabled: false): the reverse
+    /// proxy does not need one; only clients inside the cluster that call it by name do.
+    #[arg(long)]
+    pub no_service: bool,
     /// A setting of this session, KEY=VALUE (repeatable; spec.values): the application reads
     /// them from its sidecar, also from a warm pod of --pool.
     #[arg(long = "value", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -203,6 +211,7 @@ impl SpecArgs {
         request.env = self.env.clone();
         request.auth = if self.no_auth { AuthMode::None } else { AuthMode::Token };
         request.egress = self.egress;
+        request.service = !self.no_service;
         request.values = self.values.iter().cloned().collect();
         request
     }
@@ -542,9 +551,14 @@ mod tests {
         assert_eq!(backend.spec.pool_ref.map(|r| r.name).as_deref(), Some("room"));
         assert!(backend.spec.template.is_none());
         assert_eq!(backend.spec.max_lifetime_seconds, Some(60), "the lifetime stays the backend's");
-        for shaping in
-            [&["--image", "i"][..], &["--port", "1"], &["--env", "A=1"], &["--no-auth"], &["--egress", "None"]]
-        {
+        for shaping in [
+            &["--image", "i"][..],
+            &["--port", "1"],
+            &["--env", "A=1"],
+            &["--no-auth"],
+            &["--egress", "None"],
+            &["--no-service"],
+        ] {
             let args: Vec<&str> = ["create", "--pool", "room"].iter().chain(shaping).copied().collect();
             assert!(parse(&args).is_err(), "{args:?} should be refused");
         }

@@ -96,6 +96,7 @@ pub fn describe(backend: &SessionLivedBackend, now: Timestamp) -> String {
             ("Grace period", format!("{}s", backend.spec.grace_period_seconds)),
             ("Auth", format!("{:?}", backend.spec.shape.auth.mode)),
             ("Egress", backend.spec.shape.egress.as_str().to_string()),
+            ("Service", if backend.spec.shape.service.enabled { "ClusterIP" } else { "none" }.to_string()),
         ]),
     }
     lines.extend([

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::api::ObjectMeta;
 
 use crate::crd::{
-    AuthMode, AuthSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, PodShape, PoolRef,
+    AuthMode, AuthSpec, BackendServiceSpec, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_HTTP_PORT, Egress, PodShape, PoolRef,
     SessionLivedBackend, SessionLivedBackendSpec, SidecarSpec,
 };
 
@@ -41,6 +41,8 @@ pub struct BackendRequest {
     pub env: Vec<(String, String)>,
     pub auth: AuthMode,
     pub egress: Egress,
+    /// Whether the backend gets a ClusterIP Service (`spec.service.enabled`).
+    pub service: bool,
     pub annotations: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     /// The session's settings (`spec.values`).
@@ -69,6 +71,7 @@ impl BackendRequest {
             env: Vec::new(),
             auth: AuthMode::Token,
             egress: Egress::default(),
+            service: true,
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
             values: BTreeMap::new(),
@@ -109,6 +112,7 @@ impl BackendRequest {
                 sidecar: SidecarSpec::default(),
                 auth: AuthSpec { mode: self.auth },
                 egress: self.egress,
+                service: BackendServiceSpec { enabled: self.service },
             },
             values: self.values.clone(),
         };

@@ -25,6 +25,7 @@ pub trait BackendExt: Sized {
     fn named(self, name: &str) -> Self;
     fn http_port(self, port: i32) -> Self;
     fn auth_none(self) -> Self;
+    fn without_service(self) -> Self;
     fn without_sidecar(self) -> Self;
     fn created_at(self, secs: i64) -> Self;
     fn startup_timeout(self, secs: i64) -> Self;
@@ -65,6 +66,10 @@ impl BackendExt for SessionLivedBackend {
     }
     fn auth_none(mut self) -> Self {
         self.spec.shape.auth.mode = AuthMode::None;
+        self
+    }
+    fn without_service(mut self) -> Self {
+        self.spec.shape.service.enabled = false;
         self
     }
     fn without_sidecar(mut self) -> Self {

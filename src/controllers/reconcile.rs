@@ -89,12 +89,7 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
                 }
             })
         };
-        let service = async {
-            match children::find::<Service>(&ctx, shaped, &namespace).await? {
-                Found::Missing => children::create::<Service>(&ctx, shaped, &namespace).await.map(drop),
-                _ => Ok(()),
-            }
-        };
+        let service = ensure_service(&ctx, shaped, &namespace);
         outcome = futures::try_join!(claiming, service)?.0;
         service_made = true;
     }
@@ -119,15 +114,15 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     if !over && matches!(outcome, PodOutcome::Gone) {
         let (found_pod, found_service) = futures::try_join!(
             children::find::<Pod>(&ctx, shaped, &namespace),
-            children::find::<Service>(&ctx, shaped, &namespace),
+            find_service(&ctx, shaped, &namespace),
         )?;
-        waiting_for_gc = found_pod.is_foreign() || found_service.is_foreign();
+        waiting_for_gc = found_pod.is_foreign() || found_service.as_ref().is_some_and(Found::is_foreign);
 
         if !waiting_for_gc {
             // Service and pod are independent: create them concurrently.
             let service_step = async {
                 match found_service {
-                    Found::Missing => children::create::<Service>(&ctx, shaped, &namespace).await.map(drop),
+                    Some(Found::Missing) => children::create::<Service>(&ctx, shaped, &namespace).await.map(drop),
                     _ => Ok(()),
                 }
             };
@@ -244,6 +239,27 @@ async fn wait_for_pool(
     }
     ctx.succeeded(id);
     Ok(Action::requeue(POOL_RETRY))
+}
+
+/// The backend's Service as found, or `None` when the backend has none (`spec.service`): then
+/// there is nothing to look up.
+async fn find_service(
+    ctx: &Context,
+    backend: &SessionLivedBackend,
+    namespace: &str,
+) -> Result<Option<Found<Service>>, Error> {
+    match backend.spec.shape.service.enabled {
+        true => children::find::<Service>(ctx, backend, namespace).await.map(Some),
+        false => Ok(None),
+    }
+}
+
+/// Creates the backend's Service unless it exists (or the backend has none).
+async fn ensure_service(ctx: &Context, backend: &SessionLivedBackend, namespace: &str) -> Result<(), Error> {
+    match find_service(ctx, backend, namespace).await? {
+        Some(Found::Missing) => children::create::<Service>(ctx, backend, namespace).await.map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// Creates the Service (unless made already), and the Secret then the pod, concurrently.

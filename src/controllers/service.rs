@@ -1,4 +1,5 @@
-//! The backend's Service: a stable name in front of its one pod.
+//! The backend's Service: a stable name in front of its one pod, for clients inside the cluster
+//! (unless `spec.service.enabled` is false; Spawner's own parts route to the pod's address).
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -13,7 +14,7 @@ impl Child for Service {
     const KIND: &'static str = "Service";
 
     fn build(backend: &SessionLivedBackend, _: &Context) -> Option<Self> {
-        Some(build_service(backend))
+        backend.spec.shape.service.enabled.then(|| build_service(backend))
     }
 
     /// Only whose it is matters (the metadata): the Service is made once and never changed.

@@ -230,6 +230,23 @@ async fn without_auth_no_secret_is_created() {
 }
 
 #[tokio::test]
+async fn a_backend_without_a_service_never_asks_for_one() {
+    let cluster = shared(Cluster::default());
+    reconcile_in(&cluster, SessionLivedBackend::test().without_service(), 1001).await.unwrap();
+    assert_eq!(
+        cluster.lock().unwrap().writes(),
+        vec!["POST secrets", "POST pods", "PATCH sessionlivedbackends/game/status", "POST events"]
+    );
+    // The next reconcile looks for the pod, not for a Service.
+    let mut backend = SessionLivedBackend::test().without_service();
+    backend.status = Some(cluster.lock().unwrap().status());
+    reconcile_in(&cluster, backend, 1002).await.unwrap();
+    let c = cluster.lock().unwrap();
+    assert!(c.calls.iter().any(|call| call == "GET pods/game"), "{:?}", c.calls);
+    assert!(!c.calls.iter().any(|call| call.contains("services")), "{:?}", c.calls);
+}
+
+#[tokio::test]
 async fn an_existing_token_secret_is_kept_as_it_is() {
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "game"}, "data": {"token": "b2xk"}});
     let cluster = shared(Cluster::default().with("secrets/game", secret.clone()));

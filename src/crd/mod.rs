@@ -133,6 +133,12 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
         "message": "spec.auth is immutable: the backend's token is made once, with its pod",
         "fieldPath": ".auth",
         "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.service == oldSelf.service",
+        "message": "spec.service is immutable: the backend's Service is made once, with its pod",
+        "fieldPath": ".service",
+        "reason": "FieldValueInvalid"
     }
 ]))]
 pub struct SessionLivedBackendSpec {
@@ -148,7 +154,7 @@ pub struct SessionLivedBackendSpec {
     /// Take a warm pod from this `SessionLivedBackendPool` (same namespace) instead of starting
     /// one: the backend is Ready as soon as the pod is its own. With no warm pod left it starts
     /// cold from the pool's template. The pod-shaping fields (`httpPort`, `sidecar`, `auth`,
-    /// `gracePeriodSeconds`, `egress`) are then the pool's, whatever the backend says; the
+    /// `gracePeriodSeconds`, `egress`, `service`) are then the pool's, whatever the backend says; the
     /// lifetime limits stay the backend's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_ref: Option<PoolRef>,
@@ -186,7 +192,7 @@ pub struct SessionLivedBackendSpec {
     #[schemars(range(min = 1, max = 31536000))]
     pub max_lifetime_seconds: Option<i64>,
 
-    /// `sidecar`, `auth` and `egress`, which a pool has too.
+    /// `sidecar`, `auth`, `egress` and `service`, which a pool has too.
     #[serde(flatten)]
     pub shape: PodShape,
 }
@@ -213,6 +219,29 @@ pub struct PodShape {
     /// Enforced by NetworkPolicy, so only on a network that enforces it.
     #[serde(default)]
     pub egress: Egress,
+
+    /// The backend's ClusterIP Service, for clients inside the cluster.
+    #[serde(default)]
+    pub service: BackendServiceSpec,
+}
+
+/// Whether the backend gets a ClusterIP Service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendServiceSpec {
+    /// Make a ClusterIP Service named after the backend (default): port 80 to the sidecar, or to
+    /// the application without one, for clients inside the cluster. The reverse proxy does not
+    /// use it (it routes to the pod's address), so `false` loses nothing of Spawner's and saves
+    /// the API server four writes per backend (the Service, its ClusterIP, Endpoints and
+    /// EndpointSlice) and every node's kube-proxy a set of rules.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for BackendServiceSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// A pool in the backend's namespace.

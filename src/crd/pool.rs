@@ -50,7 +50,7 @@ pub struct SessionLivedBackendPoolSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub http_port: i32,
 
-    /// As a backend's `spec.sidecar`, `spec.auth` and `spec.egress`.
+    /// As a backend's `spec.sidecar`, `spec.auth`, `spec.egress` and `spec.service`.
     #[serde(flatten)]
     pub shape: PodShape,
 }

@@ -147,6 +147,7 @@ async fn what_the_pod_was_made_from_is_immutable_and_the_lifetime_limits_are_not
         (serde_json::json!({"httpPort": 3000}), "spec.httpPort"),
         (serde_json::json!({"auth": {"mode": "None"}}), "spec.auth"),
         (serde_json::json!({"sidecar": {"inject": false}, "auth": {"mode": "None"}}), "spec.sidecar"),
+        (serde_json::json!({"service": {"enabled": false}}), "spec.service"),
     ];
     for (spec, field) in edits {
         let patch = kube::api::Patch::Merge(serde_json::json!({ "spec": spec }));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::json;
 use spawner::crd::{Phase, SessionLivedBackend};
 
@@ -54,6 +54,21 @@ async fn a_backend_without_the_sidecar_is_ready_when_its_app_is() {
     support::wait_for(&backends, "bare", has_condition("Ready", "True"), WAIT).await;
     let pod = env.api::<Pod>().get("bare").await.unwrap();
     assert_eq!(pod.spec.unwrap().containers.len(), 1);
+}
+
+/// `spec.service.enabled: false`: no Service, and nothing waits for one (routing goes to the
+/// pod's address, which the status has once Ready).
+#[tokio::test]
+async fn a_backend_without_a_service_is_ready_and_has_none() {
+    let env = TestEnv::new("ctl-ready-no-svc").await;
+    prepare(&env).await;
+    let _controller = ControllerProcess::start(&env, &[]);
+    create(&env, &backend("lean", json!({"service": {"enabled": false}}))).await;
+    let backends = env.api::<SessionLivedBackend>();
+    let ready = support::wait_for(&backends, "lean", has_condition("Ready", "True"), WAIT).await.unwrap();
+    assert!(ready.status.unwrap().pod_ip.is_some());
+    assert!(env.api::<Service>().get_opt("lean").await.unwrap().is_none(), "no Service was made");
+    assert!(env.api::<Pod>().get_opt("lean").await.unwrap().is_some());
 }
 
 #[tokio::test]

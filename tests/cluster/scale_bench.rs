@@ -40,6 +40,8 @@ struct Settings {
     rate: usize,
     reference: usize,
     concurrency: usize,
+    /// Whether backends (and the raw client's pods) get a Service each (`--no-service` clears it).
+    services: bool,
     node_label: String,
     taint: String,
 }
@@ -56,19 +58,26 @@ impl Settings {
             rate: number("SPAWNER_SCALE_RATE", 50),
             reference: number("SPAWNER_SCALE_REFERENCE", 2_000),
             concurrency: number("SPAWNER_SCALE_CONCURRENCY", 32),
+            services: std::env::var("SPAWNER_SCALE_SERVICES").as_deref() != Ok("false"),
             node_label: text("SPAWNER_SCALE_NODE_LABEL"),
             taint: text("SPAWNER_SCALE_TAINT"),
         }
     }
 
-    /// A pod template that lands only on the simulated nodes.
-    fn template(&self) -> serde_json::Value {
-        json!({
+    /// A backend spec whose pod lands only on the simulated nodes.
+    fn spec(&self) -> serde_json::Value {
+        let template = json!({
             "containers": [{"name": "app", "image": APP_IMAGE, "args": ["serve"],
                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
             "nodeSelector": {&self.node_label: "true"},
             "tolerations": [{"key": &self.taint, "operator": "Exists", "effect": "NoSchedule"}],
-        })
+        });
+        json!({"template": template, "startupTimeoutSeconds": STARTUP_TIMEOUT, "service": {"enabled": self.services}})
+    }
+
+    /// What the raw client makes per object, for the table.
+    fn raw_objects(&self) -> &'static str {
+        if self.services { "pods + services" } else { "pods" }
     }
 }
 
@@ -407,14 +416,14 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     let pods = Tracker::full(env.api::<Pod>(), watcher::Config::default(), pod_ready).await;
     let services = Tracker::names::<Service>(&env, watcher::Config::default()).await;
     let before = api_writes(&env.client).await;
-    let template = s.template();
+    let spec = s.spec();
     let (pod_api, service_api) = (env.api::<Pod>(), env.api::<Service>());
     let namespace = env.namespace.clone();
     let cpu = parts_cpu();
     let t = Instant::now();
     let (started, throughput) = create_all(&names, s.rate, s.concurrency, move |name| {
         let (pods, services) = (pod_api.clone(), service_api.clone());
-        let mut backend = backend(&name, json!({"template": template}));
+        let mut backend = backend(&name, spec.clone());
         backend.metadata.namespace = Some(namespace.clone());
         async move { create_without_controller(&pods, &services, &backend).await }
     })
@@ -425,11 +434,13 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     let after = api_writes(&env.client).await;
     let (writes, detail) = writes_per(&before, &after, n);
     let paced = paced_latencies(&pods, &started, &names);
-    println!("raw client: {n} pods + services; writes per pod: {writes:.1} ({detail})");
+    println!("raw client: {n} {}; writes per pod: {writes:.1} ({detail})", s.raw_objects());
 
     let t = Instant::now();
     delete_all(env.api::<Pod>(), &names, s.concurrency).await;
-    delete_all(env.api::<Service>(), &names, s.concurrency).await;
+    if s.services {
+        delete_all(env.api::<Service>(), &names, s.concurrency).await;
+    }
     let gone = pods
         .wait("raw pods gone", LONG, |seen| seen.present.is_empty())
         .await
@@ -438,7 +449,7 @@ async fn reference(s: &Settings, rows: &mut Vec<Row>) {
     drop((pods, services));
     env.delete_and_wait(Duration::from_secs(600)).await;
 
-    rows.push(row("", "", format!("(raw client: {n} pods + services)")));
+    rows.push(row("", "", format!("(raw client: {n} {})", s.raw_objects())));
     rows.push(row(
         format!("create, first half at {}/s: create → Ready p50 / p99 ms", s.rate),
         "",
@@ -528,7 +539,7 @@ async fn bench_scale() {
     // Create, sampling the controller as the count of Ready backends passes each mark.
     let before = api_writes(&env.client).await;
     let api = env.api::<SessionLivedBackend>();
-    let template = s.template();
+    let spec = s.spec();
     let cpu = parts_cpu();
     let t = Instant::now();
     let creating = tokio::spawn({
@@ -537,7 +548,7 @@ async fn bench_scale() {
         async move {
             create_all(&names, rate, concurrency, move |name| {
                 let api = api.clone();
-                let backend = backend(&name, json!({"template": template, "startupTimeoutSeconds": STARTUP_TIMEOUT}));
+                let backend = backend(&name, spec.clone());
                 async move {
                     api.create(&PostParams::default(), &backend).await.expect("backend");
                 }
@@ -589,10 +600,7 @@ async fn bench_scale() {
     let t = Instant::now();
     let controller = ControllerProcess::start_logging(&controller_args, "info");
     env.api::<SessionLivedBackend>()
-        .create(
-            &PostParams::default(),
-            &backend("after-restart", json!({"template": s.template(), "startupTimeoutSeconds": STARTUP_TIMEOUT})),
-        )
+        .create(&PostParams::default(), &backend("after-restart", s.spec()))
         .await
         .expect("the backend after the restart");
     backends
@@ -629,7 +637,7 @@ async fn bench_scale() {
         "–",
     ));
     rows.push(row("restart: API writes per backend / RSS MiB after", format!("{restart_writes:.2} / {rss:.0}"), "–"));
-    let (duplicates, orphans) = check_children(&env).await;
+    let (duplicates, orphans) = check_children(&env, s.services).await;
     rows.push(row("after the restart: children missing or extra / orphaned", format!("{duplicates} / {orphans}"), "–"));
 
     // Delete everything, one request per object.
@@ -661,7 +669,7 @@ fn metadata<K>(items: Vec<PartialObjectMeta<K>>) -> Vec<ObjectMeta> {
     items.into_iter().map(|c| c.metadata).collect()
 }
 
-async fn check_children(env: &TestEnv) -> (usize, usize) {
+async fn check_children(env: &TestEnv, with_services: bool) -> (usize, usize) {
     let backends = env.api::<SessionLivedBackend>().list(&ListParams::default()).await.expect("list backends").items;
     let uids: HashMap<String, String> =
         backends.iter().map(|b| (b.metadata.uid.clone().unwrap_or_default(), b.name_any())).collect();
@@ -685,7 +693,12 @@ async fn check_children(env: &TestEnv) -> (usize, usize) {
         wrong += backends.len() - owned.len();
     };
     tally(metadata(env.api::<Pod>().list_metadata(&mine).await.expect("list pods").items));
-    tally(metadata(env.api::<Service>().list_metadata(&mine).await.expect("list services").items));
+    let services = env.api::<Service>().list_metadata(&mine).await.expect("list services").items;
+    // Without Services, none should exist: each one is extra.
+    let extra = if with_services { 0 } else { services.len() };
+    if with_services {
+        tally(metadata(services));
+    }
     tally(metadata(env.api::<Secret>().list_metadata(&mine).await.expect("list secrets").items));
-    (wrong, orphans)
+    (wrong + extra, orphans)
 }

@@ -163,15 +163,17 @@ impl Drop for ControllerProcess {
     }
 }
 
-/// The raw client of the benchmarks: the very Pod and Service the controller builds for
-/// `backend`, created directly, without owner references (there is no backend to own them).
+/// The raw client of the benchmarks: the very Pod and Service (unless `spec.service` says none)
+/// the controller builds for `backend`, created directly, without owner references (there is no backend to own them).
 pub async fn create_without_controller(pods: &Api<Pod>, services: &Api<Service>, backend: &SessionLivedBackend) {
     let mut pod = build_pod(backend, &SidecarConfig::default());
-    let mut service = build_service(backend);
     pod.metadata.owner_references = None;
-    service.metadata.owner_references = None;
     pods.create(&PostParams::default(), &pod).await.expect("raw pod");
-    services.create(&PostParams::default(), &service).await.expect("raw service");
+    if backend.spec.shape.service.enabled {
+        let mut service = build_service(backend);
+        service.metadata.owner_references = None;
+        services.create(&PostParams::default(), &service).await.expect("raw service");
+    }
 }
 
 /// A backend running the test app, from JSON so tests read like manifests.

@@ -53,6 +53,10 @@ pub struct Args {
     /// Requests in flight in the as-fast-as-possible half (the same for both sides).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Backends without a Service (`spec.service.enabled: false`), and the raw client's pods
+    /// without one either.
+    #[arg(long)]
+    pub no_service: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -173,6 +177,7 @@ fn measure(args: &Args) -> Result<()> {
         .env("SPAWNER_SCALE_RATE", args.rate.to_string())
         .env("SPAWNER_SCALE_REFERENCE", args.reference.to_string())
         .env("SPAWNER_SCALE_CONCURRENCY", args.concurrency.to_string())
+        .env("SPAWNER_SCALE_SERVICES", (!args.no_service).to_string())
         .env("SPAWNER_SCALE_NODE_LABEL", NODE_LABEL)
         .env("SPAWNER_SCALE_TAINT", TAINT)
         .status()
