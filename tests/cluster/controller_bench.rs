@@ -4,7 +4,8 @@
 //! 1. Burst: N backends (default 500) with an unmatchable nodeSelector, created as fast as a
 //!    client with C requests in flight can (default 32), against the same client creating the
 //!    same Pods and Services directly. Both timed from the first request until a watch has seen
-//!    all N Pods and N Services. Target: controller throughput >= 80% of the raw client's.
+//!    all N Pods and N Services (only Pods with `--no-service`). Target: controller throughput
+//!    >= 80% of the raw client's.
 //! 2. Ready latency: 20 backends one after the other (app + sidecar) against 20 bare Pods of the
 //!    same app image; create-to-Ready as seen by a watch on the client side. Target: p50
 //!    overhead <= 100 ms. Needs the images (`cargo xtask images`); skipped with a message if the
@@ -57,41 +58,64 @@ where
     Instant::now()
 }
 
-/// Waits for pods+services named `names` in `env`, watched from *before* `create` runs;
-/// returns the time from the start of `create` until both are complete.
+/// Waits for the pods (and services, when the burst makes them) named `names` in `env`, watched
+/// from *before* `create` runs; returns the time from the start of `create` until all are there.
 async fn time_until_children_exist<F: std::future::Future<Output = ()>>(
     env: &TestEnv,
     names: &HashSet<String>,
+    services: bool,
     create: F,
 ) -> Duration {
     let (pods_listed, pods_ready) = tokio::sync::oneshot::channel();
-    let (services_listed, services_ready) = tokio::sync::oneshot::channel();
     let pods = tokio::spawn(all_seen(env.api::<Pod>(), names.clone(), pods_listed));
-    let services = tokio::spawn(all_seen(env.api::<Service>(), names.clone(), services_listed));
     pods_ready.await.expect("pod watch listed");
-    services_ready.await.expect("service watch listed");
+    let services = services.then(|| {
+        let (listed, ready) = tokio::sync::oneshot::channel();
+        (tokio::spawn(all_seen(env.api::<Service>(), names.clone(), listed)), ready)
+    });
+    let services = match services {
+        Some((watch, ready)) => {
+            ready.await.expect("service watch listed");
+            Some(watch)
+        }
+        None => None,
+    };
     let start = Instant::now();
     create.await;
-    let done = pods.await.unwrap().max(services.await.unwrap());
+    let mut done = pods.await.unwrap();
+    if let Some(services) = services {
+        done = done.max(services.await.unwrap());
+    }
     done - start
 }
 
-fn bench_backend(name: &str, auth: &str) -> SessionLivedBackend {
-    backend(name, json!({"template": unschedulable_template(), "auth": {"mode": auth}}))
+/// What the burst makes: token auth or not, a Service or not.
+#[derive(Clone, Copy)]
+struct Shape {
+    auth: &'static str,
+    services: bool,
 }
 
-async fn burst(n: usize, concurrency: usize, auth: &str) -> (Duration, Duration) {
+fn bench_backend(name: &str, shape: Shape) -> SessionLivedBackend {
+    backend(
+        name,
+        json!({"template": unschedulable_template(), "auth": {"mode": shape.auth},
+               "service": {"enabled": shape.services}}),
+    )
+}
+
+async fn burst(n: usize, concurrency: usize, shape: Shape) -> (Duration, Duration) {
     let names: HashSet<String> = (0..n).map(|i| format!("b{i:04}")).collect();
 
     // The raw client: the very Pods and Services the controller builds, without owner
     // references (there is no backend to own them).
     let raw = TestEnv::new("bench-raw").await;
     prepare(&raw).await;
-    let raw_elapsed = time_until_children_exist(&raw, &names, async {
+    let raw_elapsed = time_until_children_exist(&raw, &names, shape.services, async {
         stream::iter(names.iter().cloned())
             .for_each_concurrent(concurrency, |name| {
                 let (pods, services) = (raw.api::<Pod>(), raw.api::<Service>());
-                let mut backend = bench_backend(&name, auth);
+                let mut backend = bench_backend(&name, shape);
                 backend.metadata.namespace = Some(raw.namespace.clone());
                 async move { create_without_controller(&pods, &services, &backend).await }
             })
@@ -106,12 +130,12 @@ async fn burst(n: usize, concurrency: usize, auth: &str) -> (Duration, Duration)
     prepare(&env).await;
     let controller = ControllerProcess::start(&env, &["--log-format=json"]);
     controller.wait_for_metric("spawner_controller_reconciles_total", Duration::from_secs(60)).await;
-    let controller_elapsed = time_until_children_exist(&env, &names, async {
+    let controller_elapsed = time_until_children_exist(&env, &names, shape.services, async {
         stream::iter(names.iter().cloned())
             .for_each_concurrent(concurrency, |name| {
                 let api = env.api::<SessionLivedBackend>();
                 async move {
-                    api.create(&PostParams::default(), &bench_backend(&name, auth)).await.expect("backend");
+                    api.create(&PostParams::default(), &bench_backend(&name, shape)).await.expect("backend");
                 }
             })
             .await;
@@ -229,12 +253,15 @@ async fn bench_controller() {
     let concurrency = setting("SPAWNER_BENCH_CONCURRENCY", 32);
     let ready_count = setting("SPAWNER_BENCH_READY", 20);
     let auth = if std::env::var("SPAWNER_BENCH_AUTH").is_ok_and(|v| v == "Token") { "Token" } else { "None" };
+    let services = std::env::var("SPAWNER_BENCH_SERVICES").as_deref() != Ok("false");
+    let shape = Shape { auth, services };
 
-    println!("burst: {n} backends (auth {auth}), {concurrency} requests in flight");
-    let (raw, controller) = burst(n, concurrency, auth).await;
+    let made = if services { "pods+services" } else { "pods" };
+    println!("burst: {n} backends (auth {auth}, {made}), {concurrency} requests in flight");
+    let (raw, controller) = burst(n, concurrency, shape).await;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let ratio = rate(controller) / rate(raw);
-    println!("  raw client:  {raw:>8.2?}  {:>7.1} pods+services/s", rate(raw));
+    println!("  raw client:  {raw:>8.2?}  {:>7.1} {made}/s", rate(raw));
     println!("  controller:  {controller:>8.2?}  {:>7.1} backends/s", rate(controller));
     println!("  ratio: {:.0}% of the raw client's throughput (target >= 80%)", ratio * 100.0);
 

@@ -25,6 +25,10 @@ pub struct Args {
     /// Give burst backends token auth (the controller then also creates a Secret each).
     #[arg(long)]
     pub token_auth: bool,
+    /// Burst backends without a Service (`spec.service.enabled: false`); the raw client then
+    /// makes bare Pods only.
+    #[arg(long)]
+    pub no_service: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -39,6 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         .env("SPAWNER_BENCH_CONCURRENCY", args.concurrency.to_string())
         .env("SPAWNER_BENCH_READY", args.ready.to_string())
         .env("SPAWNER_BENCH_AUTH", if args.token_auth { "Token" } else { "None" })
+        .env("SPAWNER_BENCH_SERVICES", (!args.no_service).to_string())
         .status()
         .context("running cargo test")?;
     ensure!(status.success(), "the controller benchmark failed ({status}); its output above says where");
