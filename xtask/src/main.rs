@@ -9,6 +9,7 @@ mod cluster;
 mod demo;
 mod deploy;
 mod deps;
+mod disk;
 mod docker;
 mod images;
 mod kind;
