@@ -166,7 +166,10 @@ pub fn is_ready(pod: &Pod) -> bool {
 /// key is derived from (a pod this controller cannot claim is stale). FNV-1a: stable across
 /// builds and Rust versions, unlike std's `DefaultHasher`.
 pub fn template_hash(pool: &SessionLivedBackendPool, config: &Config) -> String {
-    let spec = serde_json::to_vec(&pool.spec.backend_spec()).expect("a spec serializes");
+    let mut spec = pool.spec.backend_spec();
+    // The Service is the claiming backend's, made at the claim: not part of the warm pod.
+    spec.shape.service = Default::default();
+    let spec = serde_json::to_vec(&spec).expect("a spec serializes");
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let made_by = [config.sidecar.image.as_bytes(), config.claim_keys.id().as_bytes()];
     for byte in spec.iter().chain(b"\0").chain(made_by.join(&b'\0').iter()) {
@@ -374,10 +377,13 @@ mod tests {
     }
 
     #[test]
-    fn the_template_hash_changes_with_the_template_the_sidecar_image_and_the_controller_key_only() {
+    fn the_template_hash_changes_with_the_pod_the_sidecar_image_and_the_controller_key_only() {
         let mut config = Config::default();
         let base = template_hash(&pool(1), &config);
         assert_eq!(base, template_hash(&pool(5), &config), "the size is not part of the template");
+        let mut without_service = pool(1);
+        without_service.spec.shape.service.enabled = false;
+        assert_eq!(base, template_hash(&without_service, &config), "nor is the claiming backend's Service");
         let mut other = pool(1);
         other.spec.template.containers[0].image = Some("app:2".into());
         assert_ne!(base, template_hash(&other, &config));
