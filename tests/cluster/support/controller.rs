@@ -164,7 +164,8 @@ impl Drop for ControllerProcess {
 }
 
 /// The raw client of the benchmarks: the very Pod and Service (unless `spec.service` says none)
-/// the controller builds for `backend`, created directly, without owner references (there is no backend to own them).
+/// the controller builds for `backend`, created directly, without owner references (there is
+/// no backend to own them).
 pub async fn create_without_controller(pods: &Api<Pod>, services: &Api<Service>, backend: &SessionLivedBackend) {
     let mut pod = build_pod(backend, &SidecarConfig::default());
     pod.metadata.owner_references = None;
