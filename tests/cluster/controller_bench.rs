@@ -69,16 +69,14 @@ async fn time_until_children_exist<F: std::future::Future<Output = ()>>(
     let (pods_listed, pods_ready) = tokio::sync::oneshot::channel();
     let pods = tokio::spawn(all_seen(env.api::<Pod>(), names.clone(), pods_listed));
     pods_ready.await.expect("pod watch listed");
-    let services = services.then(|| {
-        let (listed, ready) = tokio::sync::oneshot::channel();
-        (tokio::spawn(all_seen(env.api::<Service>(), names.clone(), listed)), ready)
-    });
     let services = match services {
-        Some((watch, ready)) => {
+        true => {
+            let (listed, ready) = tokio::sync::oneshot::channel();
+            let watch = tokio::spawn(all_seen(env.api::<Service>(), names.clone(), listed));
             ready.await.expect("service watch listed");
             Some(watch)
         }
-        None => None,
+        false => None,
     };
     let start = Instant::now();
     create.await;
