@@ -51,10 +51,14 @@ pub fn run(target: Target, demo: bool) -> Result<()> {
     apply_default(&kubeconfig, &images, &base_url)?;
     println!("Spawner is up in {:.1?}; reverse proxy: {base_url}", started.elapsed());
     if demo {
-        let url = crate::demo::create(&kubeconfig)?;
+        // The lobby first: its rollout takes a while, and the backend printed last is swept
+        // a grace period after its claim if nobody opens it, so it is made at the very end.
         let lobby = crate::demo::lobby(&kubeconfig, &base_url)?;
+        let url = crate::demo::create(&kubeconfig)?;
         println!();
-        println!("Play drop four: open this URL in two browser windows:");
+        let grace = crate::manifests::DEMO_POOL_GRACE_SECONDS;
+        println!("Play drop four: open this URL in two browser windows (nobody on it for {grace} s, the");
+        println!("demo pool's grace period, and it is swept; the lobby makes new games):");
         println!("    {url}");
         println!("or start from the lobby (New game, or Join with a friend's room code):");
         println!("    {lobby}");

@@ -223,13 +223,15 @@ pub fn sample_backend() -> Object {
 /// Name of the demo's pool (`config/samples/pool.yaml`), which `cargo xtask deploy` creates.
 pub const DEMO_POOL: &str = "drop-four";
 
+/// The demo pool's grace period: a demo room is over a minute after its players leave.
+pub const DEMO_POOL_GRACE_SECONDS: i64 = 60;
+
 /// A pool of warm drop-four pods: `kubectl apply -f config/samples/pool.yaml`, then
 /// `spawner create --pool drop-four --wait`.
 pub fn sample_pool() -> Object {
     let spec: SessionLivedBackendPoolSpec = serde_json::from_value(serde_json::json!({
         "size": 2,
-        // A demo room is over a minute after its players leave.
-        "gracePeriodSeconds": 60,
+        "gracePeriodSeconds": DEMO_POOL_GRACE_SECONDS,
         "template": {"containers": [{"name": "application", "image": names::image("demo-drop-four")}]},
     }))
     .expect("sample pool spec deserializes");
