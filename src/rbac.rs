@@ -41,7 +41,9 @@ const fn served(group: &'static str, resource: &'static str, verbs: &'static [&'
 /// The controller: reconciles backends into Pods, Services and token Secrets, writes status and
 /// Events, deletes backends past their lifetime, and holds the leader Lease.
 pub const CONTROLLER: &[Permission] = &[
-    cluster("spawner.dev", "sessionlivedbackends", &["list", "watch", "delete"]),
+    // `get`: a claimed pod found without its hand-over mark is pushed to again only if the
+    // backend, read afresh (the cache may trail a status just written), is not Ready on it.
+    cluster("spawner.dev", "sessionlivedbackends", &["get", "list", "watch", "delete"]),
     cluster("spawner.dev", "sessionlivedbackends/status", &["patch"]),
     cluster("spawner.dev", "sessionlivedbackendpools", &["get", "list", "watch"]),
     cluster("spawner.dev", "sessionlivedbackendpools/status", &["patch"]),

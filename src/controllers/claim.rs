@@ -3,14 +3,18 @@
 //! 1. [`take`]: one merge patch, conditional on the pod's resourceVersion, makes the pod the
 //!    backend's (controller owner reference and backend label, so its Service selects it). Two
 //!    backends racing for a pod: one patch wins, the other gets 409 and tries the next pod. The
-//!    pod never goes back: the pool controller only counts pods it controls.
+//!    pod never goes back: the pool controller only counts pods it controls. With token auth,
+//!    the backend's Secret is written with a new token at the same time.
 //! 2. [`hand_over`]: the controller claims the pod's sidecar (`POST /claim` on its admin port,
-//!    with the pod's claim key), handing it the backend's token with token auth (and writing
-//!    that to the backend's Secret, where clients read it), and marks the pod as handed over.
-//!    The sidecar counts idle time from the claim, and the sweeper follows the pod only once it
-//!    is marked. Interrupted anywhere, the next reconcile starts the hand-over again with a new
-//!    token: no client can have seen the old one, since the backend is Ready only once the pod
-//!    is marked.
+//!    with the pod's claim key), handing it that token and the session's settings.
+//! 3. [`Mark`]: the pod is marked as handed over, in the same round trip as the backend's Ready
+//!    status. The sidecar counts idle time from the claim, and the sweeper follows the pod only
+//!    once it is marked.
+//!
+//! Interrupted before the Ready status, the next reconcile hands over again with a new token:
+//! no client can have seen the old one. A pod found taken but not marked is therefore pushed to
+//! again unless the backend's status, read afresh from the API server, is Ready on that pod (the
+//! status is only written after a push): then it is only marked.
 //!
 //! A claimed pod is found again by its backend label and owner ([`claimed_pod`]): its name is
 //! the warm pod's, not the backend's.
@@ -31,7 +35,7 @@ use crate::controllers::children::{self, id};
 use crate::controllers::context::Context;
 use crate::controllers::pool::{self, POOL_LABEL, TEMPLATE_LABEL};
 use crate::controllers::{Error, secret};
-use crate::crd::{AuthMode, FIELD_MANAGER, SessionLivedBackend, SessionLivedBackendPool};
+use crate::crd::{AuthMode, FIELD_MANAGER, Phase, SessionLivedBackend, SessionLivedBackendPool};
 use crate::names;
 
 pub use crate::names::HANDED_OVER_ANNOTATION;
@@ -92,9 +96,35 @@ fn handed_over(pod: &Pod, backend: &SessionLivedBackend) -> bool {
     pod.annotations().get(HANDED_OVER_ANNOTATION).map(String::as_str) == backend.metadata.uid.as_deref()
 }
 
-/// Takes a Ready warm pod of the current template from `pool` for `backend`; `None` when the
-/// pool has none left.
+/// A warm pod taken for a backend, and the token its Secret holds for it (token auth only).
+pub struct Taken {
+    pub pod: Pod,
+    token: Option<String>,
+}
+
+/// Takes a Ready warm pod of the current template from `pool` for the backend (`shaped`: as its
+/// pod is made), writing its Secret with a new token meanwhile; `None` when the pool has none
+/// left (the Secret then serves the cold start, whose pod mounts it).
 pub async fn take(
+    ctx: &Context,
+    shaped: &SessionLivedBackend,
+    pool: &SessionLivedBackendPool,
+    namespace: &str,
+) -> Result<Option<Taken>, Error> {
+    let token = needs_token(shaped).then(secret::new_token);
+    let (pod, ()) = futures::try_join!(
+        take_pod(ctx, shaped, pool, namespace),
+        write_token(ctx, shaped, namespace, token.as_deref())
+    )?;
+    Ok(pod.map(|pod| Taken { pod, token }))
+}
+
+/// Whether the backend's sidecar gets a token at the claim (and its Secret holds it).
+fn needs_token(shaped: &SessionLivedBackend) -> bool {
+    shaped.spec.shape.sidecar.inject && shaped.spec.shape.auth.mode == AuthMode::Token
+}
+
+async fn take_pod(
     ctx: &Context,
     backend: &SessionLivedBackend,
     pool: &SessionLivedBackendPool,
@@ -161,30 +191,46 @@ async fn take_one(
     Ok(None)
 }
 
-/// Claims the pod's sidecar for the backend (handing it the backend's token, with token auth,
-/// and writing that to the backend's Secret), then marks the pod; returns the marked pod.
-/// Nothing to do for a pod already marked, a pod made cold, or a pod without a sidecar
-/// (`shaped` is the backend as its pod is made).
-pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, namespace: &str) -> Result<Pod, Error> {
-    if !shaped.spec.shape.sidecar.inject || !is_warm(&pod) || handed_over(&pod, shaped) {
-        return Ok(pod);
+/// Claims the pod's sidecar for the backend: hands it the token of `taken` (or, for a pod found
+/// taken but never marked, a new one, written to the Secret meanwhile) and the session's
+/// settings. Returns the [`Mark`] to write with the Ready status; `None` for a pod already
+/// marked, a pod made cold, or a pod without a sidecar (`shaped` is the backend as its pod is
+/// made).
+pub async fn hand_over(
+    ctx: &Context,
+    shaped: &SessionLivedBackend,
+    pod: &Pod,
+    taken: Option<&Taken>,
+    namespace: &str,
+) -> Result<Option<Mark>, Error> {
+    if !shaped.spec.shape.sidecar.inject || !is_warm(pod) || handed_over(pod, shaped) {
+        return Ok(None);
     }
-    let token_auth = shaped.spec.shape.auth.mode == AuthMode::Token;
     let backend_id = id(shaped);
+    let uid = shaped.metadata.uid.clone().unwrap_or_default();
+    let mark = Mark { pod: pod.name_any(), backend_uid: uid.clone(), backend: backend_id.clone() };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).ok_or_else(|| Error::Claim {
         backend: backend_id.clone(),
         pod: pod.name_any(),
         message: "the pod has no IP".into(),
     })?;
-    let token = token_auth.then(secret::new_token);
+    if taken.is_none() && ready_on(ctx, shaped, &ip, namespace).await? {
+        // Pushed and announced Ready by a reconcile whose mark did not land: clients may hold
+        // the token, so it stays.
+        return Ok(Some(mark));
+    }
+    let token = match taken {
+        Some(taken) => taken.token.clone(),
+        None => needs_token(shaped).then(secret::new_token),
+    };
     let key = ctx.config.claim_keys.for_pod(namespace, &pod.name_any());
-    let uid = shaped.metadata.uid.clone().unwrap_or_default();
     let session = crate::controllers::pod::session_of(shaped);
-    // The token goes to the sidecar and to the backend's Secret at once: both must be done
-    // before the pod is marked (and the backend Ready), in either order. A hand-over cut short
-    // is redone with a new token, and no client has seen the old one (the backend was never
-    // Ready); a pod the sidecar refuses leaves the Secret to the cold start, whose pod mounts it.
+    // A taken pod's Secret holds its token already; a pod handed over again gets a new one in
+    // the Secret at once with the push: both are done before the Ready status, in either order.
+    // A hand-over cut short is redone with a new token, and no client has seen the old one (the
+    // backend was never Ready); a pod the sidecar refuses leaves the Secret to the cold start,
+    // whose pod mounts it.
     let pushed = async {
         match push(&ip, &key, &uid, token.as_deref(), &session).await {
             Ok(()) => Ok(()),
@@ -207,24 +253,63 @@ pub async fn hand_over(ctx: &Context, shaped: &SessionLivedBackend, pod: Pod, na
         }
     };
     let written = async {
-        let Some(token) = &token else { return Ok(()) };
-        let mut secret = secret::build_secret(shaped);
-        secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.clone().into_bytes()))]));
-        // Replaced if an interrupted hand-over wrote one before: so not immutable.
-        secret.immutable = None;
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-        secrets
-            .patch(&shaped.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-            .await
-            .map(drop)
-            .map_err(|e| Error::api("apply", "Secret", &backend_id, e))
+        match taken {
+            Some(_) => Ok(()),
+            None => write_token(ctx, shaped, namespace, token.as_deref()).await,
+        }
     };
     futures::try_join!(pushed, written)?;
+    Ok(Some(mark))
+}
 
-    let mark = json!({"metadata": {"annotations": {HANDED_OVER_ANNOTATION: uid}}});
-    pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&mark))
+/// Whether the backend's status, read from the API server (not the cache, which may lag behind
+/// a status this process wrote a moment ago), says it is Ready on the pod at `ip`.
+async fn ready_on(ctx: &Context, backend: &SessionLivedBackend, ip: &str, namespace: &str) -> Result<bool, Error> {
+    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), namespace);
+    let fresh = api
+        .get_opt(&backend.name_any())
         .await
-        .map_err(|e| Error::api("patch", "Pod", &backend_id, e))
+        .map_err(|e| Error::api("get", "SessionLivedBackend", &id(backend), e))?;
+    Ok(fresh.and_then(|b| b.status).is_some_and(|s| s.phase == Some(Phase::Ready) && s.pod_ip.as_deref() == Some(ip)))
+}
+
+/// Writes the backend's Secret with `token` (nothing without one). Replaced if an interrupted
+/// hand-over wrote one before: so not immutable.
+async fn write_token(
+    ctx: &Context,
+    shaped: &SessionLivedBackend,
+    namespace: &str,
+    token: Option<&str>,
+) -> Result<(), Error> {
+    let Some(token) = token else { return Ok(()) };
+    let mut secret = secret::build_secret(shaped);
+    secret.data = Some(BTreeMap::from([(secret::TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec()))]));
+    secret.immutable = None;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    secrets
+        .patch(&shaped.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+        .await
+        .map(drop)
+        .map_err(|e| Error::api("apply", "Secret", &id(shaped), e))
+}
+
+/// The hand-over's last step: the pod marked as its backend's, which has the sweeper follow it.
+/// Written in the same round trip as the backend's Ready status.
+pub struct Mark {
+    pod: String,
+    backend_uid: String,
+    backend: String,
+}
+
+impl Mark {
+    pub async fn write(&self, ctx: &Context, namespace: &str) -> Result<(), Error> {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let mark = json!({"metadata": {"annotations": {HANDED_OVER_ANNOTATION: self.backend_uid}}});
+        pods.patch(&self.pod, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+            .map(drop)
+            .map_err(|e| Error::api("patch", "Pod", &self.backend, e))
+    }
 }
 
 /// Why the sidecar did not take the claim.

@@ -67,30 +67,35 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     // A backend of a pool: claim a warm pod, and meanwhile make its Service (which does not
     // depend on the pod: done alongside, the claim costs one round trip less).
     let mut service_made = false;
+    // The hand-over's mark, written with the status.
+    let mut mark = None;
     if !over && backend.spec.pool_ref.is_some() {
         let claiming = async {
             Ok::<_, Error>(match claim::claimed_pod(&ctx, &backend, &namespace).await? {
-                Some(pod) => PodOutcome::Existing(claim::hand_over(&ctx, shaped, pod, &namespace).await?),
-                None if had_pod(&backend) => PodOutcome::Gone,
+                Some(pod) => {
+                    let mark = claim::hand_over(&ctx, shaped, &pod, None, &namespace).await?;
+                    (PodOutcome::Existing(pod), mark)
+                }
+                None if had_pod(&backend) => (PodOutcome::Gone, None),
                 None => {
                     let started = std::time::Instant::now();
                     match &pool {
-                        Some(pool) => match claim::take(&ctx, &backend, pool, &namespace).await? {
-                            Some(pod) => {
-                                info!(backend = %id, pod = %pod.name_any(), "claimed a warm pod");
-                                let pod = claim::hand_over(&ctx, shaped, pod, &namespace).await?;
+                        Some(pool) => match claim::take(&ctx, shaped, pool, &namespace).await? {
+                            Some(taken) => {
+                                info!(backend = %id, pod = %taken.pod.name_any(), "claimed a warm pod");
+                                let mark = claim::hand_over(&ctx, shaped, &taken.pod, Some(&taken), &namespace).await?;
                                 ctx.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
-                                PodOutcome::Claimed(pod)
+                                (PodOutcome::Claimed(taken.pod), mark)
                             }
-                            None => PodOutcome::Gone,
+                            None => (PodOutcome::Gone, None),
                         },
-                        None => PodOutcome::Gone,
+                        None => (PodOutcome::Gone, None),
                     }
                 }
             })
         };
         let service = ensure_service(&ctx, shaped, &namespace);
-        outcome = futures::try_join!(claiming, service)?.0;
+        (outcome, mark) = futures::try_join!(claiming, service)?.0;
         service_made = true;
     }
 
@@ -145,9 +150,21 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     };
     let (status, transitions) = derive_status(shaped, view, now, &ctx.config.base_url);
 
-    if backend.status.as_ref() != Some(&status) {
-        ctx.apply_status(&*backend, "SessionLivedBackend", &status, &id).await?;
-    }
+    // The mark and the status in one round trip: a mark that does not land is written by the
+    // next reconcile, which finds the status Ready on the pod and does not push again.
+    let write_status = async {
+        match backend.status.as_ref() != Some(&status) {
+            true => ctx.apply_status(&*backend, "SessionLivedBackend", &status, &id).await,
+            false => Ok(()),
+        }
+    };
+    let write_mark = async {
+        match &mark {
+            Some(mark) => mark.write(&ctx, &namespace).await,
+            None => Ok(()),
+        }
+    };
+    futures::try_join!(write_status, write_mark)?;
     match (&outcome, &backend.spec.pool_ref) {
         (PodOutcome::Created(_), None) => {
             let message = format!("created pod {name}");

@@ -383,6 +383,50 @@ async fn a_claim_cut_short_by_a_dead_controller_is_finished_by_the_next_one() {
     let _ = std::fs::remove_file(key);
 }
 
+/// The hand-over's mark goes out with the Ready status, in the same round trip: when only the
+/// status lands, the next controller finds a Ready backend on an unmarked pod, and must mark it
+/// without a new token (clients may already hold the old one).
+#[tokio::test]
+async fn a_ready_backend_whose_mark_did_not_land_is_marked_and_keeps_its_token() {
+    const MARK: &str = "spawner.dev/handed-over";
+    let env = TestEnv::new("pool-remark").await;
+    prepare(&env).await;
+    let key = claim_key_file("remark");
+    let key_arg = format!("--claim-key-file={}", key.display());
+    let mut first = ControllerProcess::start(&env, &[&key_arg]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    pools.create(&PostParams::default(), &pool("remark", 1)).await.unwrap();
+    support::wait_for(&pools, "remark", settled_at(1), WAIT).await;
+    let backends = env.api::<spawner::crd::SessionLivedBackend>();
+    let backend = backends.create(&PostParams::default(), &pooled_backend("dave", "remark")).await.unwrap();
+    let uid = backend.uid().unwrap();
+    support::wait_for(&backends, "dave", has_condition("Ready", "True"), WAIT).await;
+    let token_of = || async {
+        let secret = env.api::<Secret>().get("dave").await.expect("dave's token Secret");
+        String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap()
+    };
+    let token = token_of().await;
+    let pod = wait_for_pods(&env, "remark", "dave's pod marked", |pods| {
+        pods.iter().any(|p| p.annotations().get(MARK) == Some(&uid))
+    })
+    .await
+    .into_iter()
+    .find(|p| p.annotations().get(MARK) == Some(&uid))
+    .unwrap();
+    first.kill();
+
+    let unmark = json!({"metadata": {"annotations": {MARK: null}}});
+    env.api::<Pod>().patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&unmark)).await.unwrap();
+    let _second = ControllerProcess::start(&env, &[&key_arg]);
+    wait_for_pods(&env, "remark", "dave's pod marked again", |pods| {
+        pods.iter().any(|p| p.name_any() == pod.name_any() && p.annotations().get(MARK) == Some(&uid))
+    })
+    .await;
+    assert_eq!(token_of().await, token, "the token clients may hold stays");
+    assert_eq!(status_through_sidecar(&pod, Some(&token)).await, 200, "and still opens the pod");
+    let _ = std::fs::remove_file(key);
+}
+
 #[tokio::test]
 async fn a_pod_taken_under_another_controller_key_is_replaced_by_a_cold_start() {
     let env = TestEnv::new("pool-rekey").await;
