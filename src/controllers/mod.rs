@@ -75,6 +75,14 @@ impl Error {
         Error::Api { action, kind, backend: backend.to_string(), source }
     }
 
+    /// Whether the API server refused a write because the namespace is being deleted: the
+    /// object the write was for goes with it, so there is nothing to retry.
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(status), .. }
+            if status.code == 403
+                && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+    }
+
     /// Low-cardinality label for the error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {

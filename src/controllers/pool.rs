@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::controllers::context::Config;
 use crate::controllers::context::Context;
@@ -69,7 +69,15 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
     }
     let created =
         futures::future::try_join_all((0..plan.create).map(|_| create_warm_pod(&ctx, &pool, &hash, &id))).await;
-    let created = created?.len();
+    let created = match created {
+        // Pods deleted with their namespace trigger this reconcile again and again: quietly
+        // wait for the pool to go the same way.
+        Err(e) if e.namespace_terminating() => {
+            debug!(pool = %id, "the namespace is being deleted, and the pool with it");
+            return Ok(Action::await_change());
+        }
+        created => created?.len(),
+    };
 
     let status = SessionLivedBackendPoolStatus {
         ready: plan.ready,
@@ -271,6 +279,24 @@ mod tests {
 
     use super::*;
     use crate::crd::SessionLivedBackendPoolSpec;
+
+    /// The API server's answer to a create in a namespace being deleted, as it sends it.
+    fn refused(code: u16, cause: &str) -> Error {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "status": "Failure", "code": code, "reason": "Forbidden",
+            "message": "pods \"p\" is forbidden: unable to create new content in namespace n because it is being terminated",
+            "details": {"name": "p", "kind": "pods", "causes": [{"reason": cause, "message": "namespace n is being terminated", "field": "metadata.namespace"}]},
+        }))
+        .unwrap();
+        Error::api("create", "Pod", "n/pool", kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn a_create_refused_because_the_namespace_goes_is_told_apart_from_other_refusals() {
+        assert!(refused(403, "NamespaceTerminating").namespace_terminating());
+        assert!(!refused(403, "SomethingElse").namespace_terminating());
+        assert!(!refused(409, "NamespaceTerminating").namespace_terminating());
+    }
 
     fn pool(size: i32) -> SessionLivedBackendPool {
         let spec: SessionLivedBackendPoolSpec = serde_json::from_value(json!({
