@@ -57,6 +57,10 @@ pub struct Args {
     /// The reverse proxy's address (host:port).
     #[arg(long, default_value = "127.0.0.1:30080")]
     pub proxy: String,
+    /// Pools whose backends get no ClusterIP Service (`spec.service.enabled: false`): the claim
+    /// then waits for no Service creation.
+    #[arg(long)]
+    pub no_service: bool,
 }
 
 /// One backend, measured.
@@ -86,7 +90,7 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
     let backends = Backends::new(client.clone(), NAMESPACE);
     let pools: Api<SessionLivedBackendPool> = Api::namespaced(client.clone(), NAMESPACE);
     pools
-        .create(&PostParams::default(), &pool(POOL, args.size, "Token")?)
+        .create(&PostParams::default(), &pool(POOL, args, "Token")?)
         .await
         .context("creating the pool (is Spawner deployed?)")?;
     wait_full(&pools, POOL, args.size).await?;
@@ -125,7 +129,7 @@ async fn measure(client: &Client, args: &Args) -> Result<()> {
     write_floor(client).await?;
 
     pools.delete(POOL, &DeleteParams::default()).await?;
-    pools.create(&PostParams::default(), &pool(OPEN_POOL, args.size, "None")?).await?;
+    pools.create(&PostParams::default(), &pool(OPEN_POOL, args, "None")?).await?;
     wait_full(&pools, OPEN_POOL, args.size).await?;
     let (mut held, mut held_failed) = (Vec::new(), Vec::new());
     for i in 0..args.held {
@@ -181,10 +185,15 @@ async fn write_floor(client: &Client) -> Result<()> {
     Ok(())
 }
 
-fn pool(name: &str, size: i32, auth: &str) -> Result<SessionLivedBackendPool> {
+fn pool(name: &str, args: &Args, auth: &str) -> Result<SessionLivedBackendPool> {
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackendPool", "metadata": {"name": name},
-        "spec": {"size": size, "auth": {"mode": auth}, "template": {"containers": [{"name": "application", "image": image()}]}},
+        "spec": {
+            "size": args.size,
+            "auth": {"mode": auth},
+            "service": {"enabled": !args.no_service},
+            "template": {"containers": [{"name": "application", "image": image()}]},
+        },
     }))?)
 }
 
