@@ -219,8 +219,7 @@ async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills
     );
 
     // Its token is in the backend's Secret and opens the pod; nothing else does.
-    let secret = env.api::<Secret>().get("alice").await.expect("the backend's token Secret");
-    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let token = token_of(&env, "alice").await;
     assert_eq!(status_through_sidecar(pod, Some(&token)).await, 200);
     assert_eq!(status_through_sidecar(pod, None).await, 401);
     assert_eq!(status_through_sidecar(pod, Some("not-the-token")).await, 401);
@@ -338,6 +337,27 @@ fn claim_key_file(test: &str) -> std::path::PathBuf {
     path
 }
 
+/// The namespace of test `name`, a claim key file that each of its controllers is started
+/// with (`--claim-key-file`, the second element), its first controller, and that controller's
+/// pool `name` settled at one warm pod.
+async fn one_warm_pod_under_a_shared_key(name: &str) -> (TestEnv, std::path::PathBuf, String, ControllerProcess) {
+    let env = TestEnv::new(&format!("pool-{name}")).await;
+    prepare(&env).await;
+    let key = claim_key_file(name);
+    let key_arg = format!("--claim-key-file={}", key.display());
+    let first = ControllerProcess::start(&env, &[&key_arg]);
+    let pools = env.api::<SessionLivedBackendPool>();
+    pools.create(&PostParams::default(), &pool(name, 1)).await.unwrap();
+    support::wait_for(&pools, name, settled_at(1), WAIT).await;
+    (env, key, key_arg, first)
+}
+
+/// The token in backend `name`'s Secret.
+async fn token_of(env: &TestEnv, name: &str) -> String {
+    let secret = env.api::<Secret>().get(name).await.unwrap_or_else(|e| panic!("{name}'s token Secret: {e}"));
+    String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap()
+}
+
 /// What a controller that died right after taking the pod leaves behind: the pod is the
 /// backend's (owner and label), but its sidecar has no token and the backend has no Secret.
 async fn take_without_handing_over(env: &TestEnv, pool: &str, backend: &spawner::crd::SessionLivedBackend) -> String {
@@ -357,14 +377,7 @@ async fn take_without_handing_over(env: &TestEnv, pool: &str, backend: &spawner:
 
 #[tokio::test]
 async fn a_claim_cut_short_by_a_dead_controller_is_finished_by_the_next_one() {
-    let env = TestEnv::new("pool-resume").await;
-    prepare(&env).await;
-    let key = claim_key_file("resume");
-    let key_arg = format!("--claim-key-file={}", key.display());
-    let mut first = ControllerProcess::start(&env, &[&key_arg]);
-    let pools = env.api::<SessionLivedBackendPool>();
-    pools.create(&PostParams::default(), &pool("resume", 1)).await.unwrap();
-    support::wait_for(&pools, "resume", settled_at(1), WAIT).await;
+    let (env, key, key_arg, mut first) = one_warm_pod_under_a_shared_key("resume").await;
     first.kill();
 
     let backends = env.api::<spawner::crd::SessionLivedBackend>();
@@ -377,8 +390,7 @@ async fn a_claim_cut_short_by_a_dead_controller_is_finished_by_the_next_one() {
     let mine = env.api::<Pod>().list(&ListParams::default().labels("spawner.dev/backend=bob")).await.unwrap().items;
     assert_eq!(names(&mine), BTreeSet::from([taken.clone()]), "bob keeps the pod it took");
     assert_eq!(mine[0].owner_references().len(), 1);
-    let secret = env.api::<Secret>().get("bob").await.expect("bob's token Secret");
-    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let token = token_of(&env, "bob").await;
     assert_eq!(status_through_sidecar(&mine[0], Some(&token)).await, 200);
     let _ = std::fs::remove_file(key);
 }
@@ -389,23 +401,12 @@ async fn a_claim_cut_short_by_a_dead_controller_is_finished_by_the_next_one() {
 #[tokio::test]
 async fn a_ready_backend_whose_mark_did_not_land_is_marked_and_keeps_its_token() {
     const MARK: &str = "spawner.dev/handed-over";
-    let env = TestEnv::new("pool-remark").await;
-    prepare(&env).await;
-    let key = claim_key_file("remark");
-    let key_arg = format!("--claim-key-file={}", key.display());
-    let mut first = ControllerProcess::start(&env, &[&key_arg]);
-    let pools = env.api::<SessionLivedBackendPool>();
-    pools.create(&PostParams::default(), &pool("remark", 1)).await.unwrap();
-    support::wait_for(&pools, "remark", settled_at(1), WAIT).await;
+    let (env, key, key_arg, mut first) = one_warm_pod_under_a_shared_key("remark").await;
     let backends = env.api::<spawner::crd::SessionLivedBackend>();
     let backend = backends.create(&PostParams::default(), &pooled_backend("dave", "remark")).await.unwrap();
     let uid = backend.uid().unwrap();
     support::wait_for(&backends, "dave", has_condition("Ready", "True"), WAIT).await;
-    let token_of = || async {
-        let secret = env.api::<Secret>().get("dave").await.expect("dave's token Secret");
-        String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap()
-    };
-    let token = token_of().await;
+    let token = token_of(&env, "dave").await;
     let pod = wait_for_pods(&env, "remark", "dave's pod marked", |pods| {
         pods.iter().any(|p| p.annotations().get(MARK) == Some(&uid))
     })
@@ -422,7 +423,7 @@ async fn a_ready_backend_whose_mark_did_not_land_is_marked_and_keeps_its_token()
         pods.iter().any(|p| p.name_any() == pod.name_any() && p.annotations().get(MARK) == Some(&uid))
     })
     .await;
-    assert_eq!(token_of().await, token, "the token clients may hold stays");
+    assert_eq!(token_of(&env, "dave").await, token, "the token clients may hold stays");
     assert_eq!(status_through_sidecar(&pod, Some(&token)).await, 200, "and still opens the pod");
     let _ = std::fs::remove_file(key);
 }
@@ -484,8 +485,7 @@ async fn each_claimed_pod_gets_its_own_sessions_values_and_key() {
         wait_for_event(&env, who, "Claimed", WAIT).await;
         let pods = env.api::<Pod>().list(&ListParams::default().labels(&format!("spawner.dev/backend={who}"))).await;
         let pod = pods.unwrap().items.remove(0);
-        let secret = env.api::<Secret>().get(who).await.expect("the backend's token Secret");
-        let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+        let token = token_of(&env, who).await;
         let (status, body) = get_through_sidecar(&pod, "/session", Some(&token)).await;
         assert_eq!(status, 200, "{body}");
         let session: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
