@@ -1,5 +1,5 @@
 //! Process setup, written once for every binary and the demo: the `--log-format` values,
-//! logging on stderr, and the shutdown signal.
+//! logging on stderr, the shutdown signal, and giving freed heap pages back.
 
 use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -91,3 +91,26 @@ pub async fn cancel_on_stop_signal(token: tokio_util::sync::CancellationToken) {
     tracing::info!(signal = ?stop, "shutting down");
     token.cancel();
 }
+
+/// Gives the heap's free pages back to the kernel now and then every `every`, forever. glibc's
+/// `free` returns memory only from the top of an arena; pages freed between long-lived objects
+/// stay in the RSS until `malloc_trim` hands them back. That is what a re-list leaves: thousands
+/// of list pages parsed and dropped while the caches fill around them.
+pub async fn trim_heap_every(every: std::time::Duration) {
+    loop {
+        trim_heap();
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks and releases glibc's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}

@@ -201,10 +201,18 @@ async fn lead_and_reconcile(
         .with_caches(caches)
         .with_pools(pool_controller.store());
     let ctx = Arc::new(ctx);
+    let trimmer = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            ctx.caches.listed().await;
+            crate::process::trim_heap_every(TRIM_EVERY).await
+        }
+    });
     futures::join!(
         drive(backend_controller, reconcile::reconcile, reconcile::error_policy, ctx.clone(), &done),
         drive(pool_controller, pool::reconcile, pool::error_policy, ctx, &done),
     );
+    trimmer.abort();
     done.cancel();
     info!("controller stopped");
     metrics.leader.set(0);
@@ -266,6 +274,11 @@ fn pool_controller(client: &Client, namespace: Option<&str>) -> Controller<Sessi
 /// backends went from 57 to 41 MiB (`cargo xtask bench scale`), and at 0.1 cores of work
 /// there is nothing to contend for.
 pub const PROCESS_ENV: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2")];
+
+/// How often the controller hands freed heap pages back, from the moment its caches have
+/// listed (the re-list after a restart is the peak). A trim walks the free lists: 0.3 ms for a
+/// 220 MB heap here, so every 10 s costs nothing measurable.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Reconciliations in flight at most, per controller. Unbounded, a restart at 10,000 backends
 /// started them all at once, each holding its own connection to the API server; the client pool
