@@ -85,7 +85,7 @@ pub fn up() -> Result<Engine> {
         return Ok(engine);
     }
     let layout = layout()?;
-    crate::deps::ensure()?;
+    crate::deps::ensure(crate::deps::Need::Cluster)?;
     let started = Instant::now();
     let data = layout.root.join("data");
     std::fs::create_dir_all(&data)?;

@@ -157,19 +157,17 @@ pub fn project_root() -> std::path::PathBuf {
 }
 
 impl Command {
-    /// Whether the command runs something from Debian's packages (the cluster, Docker, nginx,
-    /// the benchmarks' references, the browser): those install what is missing first.
-    fn needs_packages(&self) -> bool {
+    /// Which of Debian's packages the command needs (the cluster, Docker, nginx; for the tests
+    /// and benchmarks also their references and the browser), installed first when missing.
+    fn needs_packages(&self) -> Option<deps::Need> {
+        let cluster = Some(deps::Need::Cluster);
         match self {
-            Command::Manifests { .. } => false,
-            Command::Cluster { action } => matches!(action, ClusterAction::Up { .. }),
-            Command::Docker { action } => matches!(action, DockerAction::Up),
-            Command::Kind { action } => !matches!(action, KindAction::Down { .. }),
-            Command::Images { .. }
-            | Command::Deploy { .. }
-            | Command::Bench { .. }
-            | Command::ApiSuites
-            | Command::Test { .. } => true,
+            Command::Manifests { .. } => None,
+            Command::Cluster { action } => cluster.filter(|_| matches!(action, ClusterAction::Up { .. })),
+            Command::Docker { action } => cluster.filter(|_| matches!(action, DockerAction::Up)),
+            Command::Kind { action } => cluster.filter(|_| !matches!(action, KindAction::Down { .. })),
+            Command::Images { .. } | Command::Deploy { .. } => cluster,
+            Command::Bench { .. } | Command::ApiSuites | Command::Test { .. } => Some(deps::Need::Tests),
         }
     }
 }
@@ -183,7 +181,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The one preparation step every entry point shares: Debian's packages, installed once when
     // missing. Binaries (Kubernetes, kind, the images) are built, and cached, by what uses them.
-    let prepared = if cli.command.needs_packages() { deps::ensure() } else { Ok(()) };
+    let prepared = cli.command.needs_packages().map_or(Ok(()), deps::ensure);
     let result = prepared.and_then(|()| match cli.command {
         Command::Manifests { check } => {
             manifests::generate(if check { manifests::Mode::Check } else { manifests::Mode::Write })

@@ -40,7 +40,7 @@ pub fn run(opts: Options) -> Result<()> {
         "cargo xtask test",
         &[("cargo's target dir", &crate::target_dir(), 4.0), ("~/.cache/spawner", &crate::cluster::cache_root()?, 8.0)],
     );
-    step("Debian packages", crate::deps::ensure)?;
+    step("Debian packages", || crate::deps::ensure(crate::deps::Need::Tests))?;
     step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
     step("cargo clippy", || cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("generated manifests are fresh", || crate::manifests::generate(crate::manifests::Mode::Check))?;
