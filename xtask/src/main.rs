@@ -160,14 +160,14 @@ impl Command {
     /// Which of Debian's packages the command needs (the cluster, Docker, nginx; for the tests
     /// and benchmarks also their references and the browser), installed first when missing.
     fn needs_packages(&self) -> Option<deps::Need> {
-        let cluster = Some(deps::Need::Cluster);
+        use deps::Need;
         match self {
             Command::Manifests { .. } => None,
-            Command::Cluster { action } => cluster.filter(|_| matches!(action, ClusterAction::Up { .. })),
-            Command::Docker { action } => cluster.filter(|_| matches!(action, DockerAction::Up)),
-            Command::Kind { action } => cluster.filter(|_| !matches!(action, KindAction::Down { .. })),
-            Command::Images { .. } | Command::Deploy { .. } => cluster,
-            Command::Bench { .. } | Command::ApiSuites | Command::Test { .. } => Some(deps::Need::Tests),
+            Command::Cluster { action } => matches!(action, ClusterAction::Up { .. }).then_some(Need::Cluster),
+            Command::Docker { action } => matches!(action, DockerAction::Up).then_some(Need::Cluster),
+            Command::Kind { action } => (!matches!(action, KindAction::Down { .. })).then_some(Need::Cluster),
+            Command::Images { .. } | Command::Deploy { .. } => Some(Need::Cluster),
+            Command::Bench { .. } | Command::ApiSuites | Command::Test { .. } => Some(Need::Tests),
         }
     }
 }
