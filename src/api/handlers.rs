@@ -64,7 +64,7 @@ pub async fn route(service: &Service, request: Request<Incoming>) -> (&'static s
                 let wait = wait_of(request.uri().query())?;
                 call.create(read_json(request).await?, wait).await
             }
-            (Target::Backends, Method::GET) => Ok(call.list()),
+            (Target::Backends, Method::GET) => call.list().await,
             (Target::Backend(name), Method::GET) => call.get(&name).await,
             (Target::Backend(name), Method::DELETE) => call.delete(&name).await,
             (Target::Status(name), Method::GET) => call.status(&name, last_event_id(&request)).await,
@@ -289,17 +289,19 @@ impl Call<'_> {
         }
     }
 
-    fn list(&self) -> Response<Body> {
+    /// From the API server, not the cache: a caller that lists right after a create expects to
+    /// see what it made, and the cache's watch can lag.
+    async fn list(&self) -> Answer {
         let mut items: Vec<Backend> = self
-            .service
-            .cache
-            .all()
-            .into_iter()
-            .filter(|b| b.namespace().as_deref() == Some(self.namespace()) && visible(&self.caller, b))
-            .map(|b| view_of(&b, Access::Hidden))
+            .backends
+            .list()
+            .await?
+            .iter()
+            .filter(|b| visible(&self.caller, b))
+            .map(|b| view_of(b, Access::Hidden))
             .collect();
         items.sort_by(|a, b| a.name.cmp(&b.name));
-        json_response(StatusCode::OK, &BackendList { items })
+        Ok(json_response(StatusCode::OK, &BackendList { items }))
     }
 
     async fn get(&self, name: &str) -> Answer {

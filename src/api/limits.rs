@@ -27,22 +27,29 @@ pub struct Limits {
     keys: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Recent>>>>>,
 }
 
-/// Backends a key made that the cache may not show yet.
+/// What a key did that the cache may not show yet: backends it made, and backends deleted.
 #[derive(Default)]
 pub struct Recent {
     made: Vec<(String, String, Instant)>,
+    deleted: Vec<(String, String, Instant)>,
 }
 
 impl Recent {
-    /// Live backends of `key` now: the cache's, and those made since that it lacks.
+    /// Live backends of `key` now: the cache's, and those made since that it lacks, less those
+    /// deleted since that it still shows as live.
     pub fn live(&mut self, cache: &BackendCache, key: &str) -> usize {
+        self.made.retain(|(namespace, name, at)| at.elapsed() < REMEMBER && cache.get(namespace, name).is_none());
+        self.deleted.retain(|(_, _, at)| at.elapsed() < REMEMBER);
+        let deleted = &self.deleted;
         let live = cache
             .all()
             .into_iter()
             .filter(|b| b.labels().get(API_KEY_LABEL).map(String::as_str) == Some(key))
             .filter(|b| state(b) != State::Over)
+            .filter(|b| {
+                !deleted.iter().any(|(ns, n, _)| b.namespace().as_deref() == Some(ns.as_str()) && b.name_any() == *n)
+            })
             .count();
-        self.made.retain(|(namespace, name, at)| at.elapsed() < REMEMBER && cache.get(namespace, name).is_none());
         live + self.made.len()
     }
 
@@ -53,6 +60,7 @@ impl Recent {
     /// `namespace/name` was deleted: it no longer counts, whatever the cache shows yet.
     pub fn deleted(&mut self, namespace: &str, name: &str) {
         self.made.retain(|(ns, n, _)| !(ns == namespace && n == name));
+        self.deleted.push((namespace.into(), name.into(), Instant::now()));
     }
 }
 
@@ -60,5 +68,43 @@ impl Limits {
     /// The key's lock: hold it across the check and the create.
     pub fn of(&self, key: &str) -> Arc<tokio::sync::Mutex<Recent>> {
         self.keys.lock().expect("limits lock").entry(key.into()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::client::{BackendRequest, Naming};
+
+    fn backend(name: &str, key: &str) -> crate::crd::SessionLivedBackend {
+        let mut backend = BackendRequest::from_pool(Naming::Name(name.into()), "games").to_backend();
+        backend.metadata.namespace = Some("ns".into());
+        backend.labels_mut().insert(API_KEY_LABEL.into(), key.into());
+        backend
+    }
+
+    #[test]
+    fn counts_what_the_cache_does_not_show_yet() {
+        let (cache, mut feed) = crate::backend_cache::cache();
+        feed.apply(&Event::Apply(backend("a", "k")));
+        feed.apply(&Event::Apply(backend("other", "k2")));
+        let mut recent = Recent::default();
+        assert_eq!(recent.live(&cache, "k"), 1);
+
+        // Made, not yet in the cache: counted once; once the cache has it, still once.
+        recent.made("ns", "b");
+        assert_eq!(recent.live(&cache, "k"), 2);
+        feed.apply(&Event::Apply(backend("b", "k")));
+        assert_eq!(recent.live(&cache, "k"), 2);
+
+        // Deleted, the cache still showing it live: no longer counted.
+        recent.deleted("ns", "a");
+        assert_eq!(recent.live(&cache, "k"), 1);
+        // Made and deleted before the cache saw it: not counted either.
+        recent.made("ns", "c");
+        recent.deleted("ns", "c");
+        assert_eq!(recent.live(&cache, "k"), 1);
     }
 }

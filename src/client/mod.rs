@@ -11,7 +11,7 @@ mod state;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 
@@ -53,6 +53,17 @@ impl Backends {
             .await
             .map_err(|e| Error::api(format!("cannot get backend {name:?} in namespace {:?}", self.namespace), e))?
             .ok_or_else(|| self.not_found(name))
+    }
+
+    /// Every backend in the namespace, read from the API server: it includes one created a moment
+    /// ago, which a watch-fed cache may not show yet.
+    pub async fn list(&self) -> Result<Vec<SessionLivedBackend>, Error> {
+        let listed = self
+            .backends()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| Error::api(format!("cannot list backends in namespace {:?}", self.namespace), e))?;
+        Ok(listed.items)
     }
 
     /// Creates a backend; an existing name is [`Error::AlreadyExists`].
