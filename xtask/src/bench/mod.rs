@@ -2,6 +2,7 @@
 //! ratios. They are measurements, not tests: nothing here asserts a time.
 
 pub mod controller;
+pub mod instructions;
 pub mod pool;
 pub mod scale;
 pub mod sidecar;
@@ -11,6 +12,9 @@ pub mod sweeper;
 pub enum Bench {
     /// The sidecar against direct access, nginx and HAProxy (HTTP load, WebSocket echo, memory).
     Sidecar(sidecar::Args),
+    /// Instructions per proxied request (valgrind's callgrind) for the sidecar, nginx and HAProxy:
+    /// a count that does not move with the machine's load.
+    Instructions(instructions::Args),
     /// The controller against a raw API client (burst creation) and bare Pods (time to Ready).
     Controller(controller::Args),
     /// The sweeper following 110 real sidecars: memory, CPU and sweep lateness.
@@ -26,6 +30,7 @@ pub enum Bench {
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Sidecar(args) => sidecar::run(&args),
+        Bench::Instructions(args) => instructions::run(&args),
         Bench::Controller(args) => controller::run(args),
         Bench::Sweeper => sweeper::run(),
         Bench::Pool(args) => pool::run(args),

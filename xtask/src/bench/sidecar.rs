@@ -56,21 +56,9 @@ const WS_RSS_TARGET_KIB: u64 = 24 * 1024;
 
 pub fn run(args: &Args) -> Result<()> {
     let root = &crate::project_root();
-    ensure_tools()?;
+    ensure_tools(&["nginx", "haproxy", "wrk"])?;
     if !args.no_build {
-        // Two builds: an example links the dev-dependencies, whose features built together
-        // with the sidecar would be unified into it; measured must be the sidecar the image
-        // ships (built as `cargo xtask images` builds it).
-        for what in [["--bin", "spawner-sidecar"], ["--example", "spawner-testapp"]] {
-            eprintln!("building release {}", what[1]);
-            let status = Command::new(env!("CARGO"))
-                .current_dir(root)
-                .args(["build", "--release"])
-                .args(what)
-                .status()
-                .context("running cargo build")?;
-            ensure!(status.success(), "cargo build --release {} failed", what.join(" "));
-        }
+        build_release(root)?;
     }
     let target = crate::target_dir();
     let sidecar_bin = target.join("release/spawner-sidecar");
@@ -79,42 +67,18 @@ pub fn run(args: &Args) -> Result<()> {
     let work = std::env::temp_dir().join(format!("spawner-bench-sidecar-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
 
-    let mut app = Proc::spawn("app", Command::new(&app_bin).arg("0"))?;
-    let app_addr: SocketAddr = app.first_line()?.strip_prefix("listening ").context("app banner")?.parse()?;
-    wait_http(app_addr)?;
+    let (mut app, app_addr) = start_app(&app_bin)?;
 
     // All proxies run side by side (idle ones cost nothing), so the measurements below can be
     // interleaved and a burst of load from elsewhere on the machine hits them all alike.
-    let mut sidecar = Proc::spawn(
-        "sidecar",
-        Command::new(&sidecar_bin).args([
-            "--app-port",
-            &app_addr.port().to_string(),
-            "--listen-address",
-            "127.0.0.1",
-            "--proxy-port",
-            "0",
-            "--admin-port",
-            "0",
-        ]),
-    )?;
+    let mut sidecar = Proc::spawn("sidecar", Command::new(&sidecar_bin).args(sidecar_args(app_addr)))?;
     let banner = sidecar.first_line()?;
-    let sidecar_addr: SocketAddr =
-        banner.split_whitespace().find_map(|w| w.strip_prefix("proxy=")).context("sidecar banner")?.parse()?;
+    let sidecar_addr = sidecar_addr(&banner)?;
 
-    let nginx_port = free_port()?;
-    let nginx_dir = work.join("nginx");
-    std::fs::create_dir_all(&nginx_dir)?;
-    std::fs::write(nginx_dir.join("nginx.conf"), nginx_conf(nginx_port, app_addr, &nginx_dir))?;
-    let mut nginx = Proc::spawn(
-        "nginx",
-        Command::new("nginx").arg("-p").arg(&nginx_dir).arg("-c").arg(nginx_dir.join("nginx.conf")),
-    )?;
-
-    let haproxy_port = free_port()?;
-    let cfg = work.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_conf(haproxy_port, app_addr))?;
-    let mut haproxy = Proc::spawn("haproxy", Command::new("haproxy").arg("-db").arg("-f").arg(&cfg))?;
+    let (nginx_port, nginx_cmd) = nginx_command(&work, app_addr, "")?;
+    let mut nginx = Proc::spawn("nginx", Command::new("nginx").args(nginx_cmd))?;
+    let (haproxy_port, haproxy_cmd) = haproxy_command(&work, app_addr)?;
+    let mut haproxy = Proc::spawn("haproxy", Command::new("haproxy").args(haproxy_cmd))?;
 
     let targets: Vec<(&'static str, SocketAddr, Option<Vec<u32>>)> = vec![
         ("direct", app_addr, None),
@@ -205,9 +169,42 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = ["nginx", "haproxy", "wrk"]
-        .into_iter()
+/// The sidecar in front of the app at `app`, on loopback, on ports the system picks; its banner
+/// names them.
+pub(super) fn sidecar_args(app: SocketAddr) -> Vec<String> {
+    let port = app.port().to_string();
+    ["--app-port", &port, "--listen-address", "127.0.0.1", "--proxy-port", "0", "--admin-port", "0"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The address in the sidecar's banner line.
+pub(super) fn sidecar_addr(banner: &str) -> Result<SocketAddr> {
+    Ok(banner.split_whitespace().find_map(|w| w.strip_prefix("proxy=")).context("sidecar banner")?.parse()?)
+}
+
+/// The sidecar as the image ships it, and the app in front of which it is measured. Two builds:
+/// an example links the dev-dependencies, whose features built together with the sidecar would
+/// be unified into it.
+pub(super) fn build_release(root: &Path) -> Result<()> {
+    for what in [["--bin", "spawner-sidecar"], ["--example", "spawner-testapp"]] {
+        eprintln!("building release {}", what[1]);
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["build", "--release"])
+            .args(what)
+            .status()
+            .context("running cargo build")?;
+        ensure!(status.success(), "cargo build --release {} failed", what.join(" "));
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages of `tools` that are missing.
+pub(super) fn ensure_tools(tools: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
         .filter(|t| {
             Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map_or(true, |o| !o.status.success())
         })
@@ -223,6 +220,33 @@ fn ensure_tools() -> Result<()> {
         .status()?;
     ensure!(status.success(), "apt-get install -y {} failed (try `apt-get update` first)", missing.join(" "));
     Ok(())
+}
+
+/// The app (`spawner-testapp`) on a port the system picks, answering.
+pub(super) fn start_app(bin: &Path) -> Result<(Proc, SocketAddr)> {
+    let mut app = Proc::spawn("app", Command::new(bin).arg("0"))?;
+    let addr: SocketAddr = app.first_line()?.strip_prefix("listening ").context("app banner")?.parse()?;
+    wait_http(addr)?;
+    Ok((app, addr))
+}
+
+/// nginx's port and arguments, its configuration written under `work` with `main` (directives
+/// of the main context) at the top.
+pub(super) fn nginx_command(work: &Path, app: SocketAddr, main: &str) -> Result<(u16, Vec<std::ffi::OsString>)> {
+    let port = free_port()?;
+    let dir = work.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, format!("{main}{}", nginx_conf(port, app, &dir)))?;
+    Ok((port, vec!["-p".into(), dir.into(), "-c".into(), conf.into()]))
+}
+
+/// HAProxy's port and arguments, its configuration written under `work`.
+pub(super) fn haproxy_command(work: &Path, app: SocketAddr) -> Result<(u16, Vec<std::ffi::OsString>)> {
+    let port = free_port()?;
+    let cfg = work.join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_conf(port, app))?;
+    Ok((port, vec!["-db".into(), "-f".into(), cfg.into()]))
 }
 
 fn nginx_conf(port: u16, app: SocketAddr, dir: &Path) -> String {
@@ -244,7 +268,10 @@ http {{
   fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
-  upstream app {{ server {app}; keepalive 128; }}
+  # No cap on requests per connection, either side (the sidecar has none; nginx's default
+  # closes a keep-alive connection after 1,000).
+  keepalive_requests 1000000000;
+  upstream app {{ server {app}; keepalive 128; keepalive_requests 1000000000; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   server {{
     listen 127.0.0.1:{port};
@@ -290,32 +317,37 @@ backend app
 }
 
 /// A child process, stopped (SIGTERM, then SIGKILL) on drop.
-struct Proc {
+pub(super) struct Proc {
     name: &'static str,
     child: Child,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+    pub(super) fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
         let child =
             cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         Ok(Self { name, child })
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn first_line(&mut self) -> Result<String> {
+    pub(super) fn first_line(&mut self) -> Result<String> {
         let mut line = String::new();
         BufReader::new(self.child.stdout.take().context("stdout")?).read_line(&mut line)?;
         ensure!(!line.is_empty(), "{} exited before printing its address", self.name);
         Ok(line.trim().to_owned())
     }
 
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(5));
+    }
+
+    /// SIGTERM, and SIGKILL if it has not exited within `patience`.
+    pub(super) fn stop_within(&mut self, patience: Duration) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -365,8 +397,9 @@ fn rss_kib(pids: &[u32]) -> u64 {
 }
 
 /// Wait until `GET /` answers 200.
-fn wait_http(addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+pub(super) fn wait_http(addr: SocketAddr) -> Result<()> {
+    // Long enough for a proxy started under valgrind.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mut tcp) = TcpStream::connect(addr) {
             let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
@@ -378,7 +411,7 @@ fn wait_http(addr: SocketAddr) -> Result<()> {
                 }
             }
         }
-        ensure!(Instant::now() < deadline, "{addr} did not answer 200 within 15 s");
+        ensure!(Instant::now() < deadline, "{addr} did not answer 200 within 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
