@@ -3,7 +3,7 @@
 //! over `HeaderMap`, so the rules are unit-tested without sockets.
 
 use http::Version;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -124,24 +124,22 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Append the client to `X-Forwarded-For`; set `X-Forwarded-Proto` and `X-Forwarded-Host` unless
 /// a proxy in front (the cluster's nginx) already did.
 pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + client_ip.len());
-            joined.extend_from_slice(prev.as_bytes());
+    // Entries: one hash and probe per field (this runs for every proxied request).
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut prev) => {
+            let mut joined = Vec::with_capacity(prev.get().len() + 2 + client_ip.len());
+            joined.extend_from_slice(prev.get().as_bytes());
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+            prev.insert(HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone()));
         }
-        None => client_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        Entry::Vacant(none) => {
+            none.insert(client_ip.clone());
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.entry(&X_FORWARDED_HOST).or_insert(host);
     }
 }
 
