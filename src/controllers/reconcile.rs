@@ -65,8 +65,12 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
     let shaped = pool.as_ref().map(|pool| claim::effective(&backend, pool));
     let shaped = shaped.as_ref().unwrap_or(&backend);
     // A backend of a pool: claim a warm pod, and meanwhile make its Service (which does not
-    // depend on the pod: done alongside, the claim costs one round trip less).
+    // depend on the pod). The Service is for clients inside the cluster — nothing of Spawner's
+    // routes through it — so a claimed backend's Ready does not wait for it: the task is
+    // awaited after the status is written (before, when no warm pod was taken and the children
+    // are made below).
     let mut service_made = false;
+    let mut service_task = None;
     // The hand-over's mark, written with the status.
     let mut mark = None;
     if !over && backend.spec.pool_ref.is_some() {
@@ -94,9 +98,16 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
                 }
             })
         };
-        let service = ensure_service(&ctx, shaped, &namespace);
-        (outcome, mark) = futures::try_join!(claiming, service)?.0;
+        let service = tokio::spawn({
+            let (ctx, shaped, namespace) = (ctx.clone(), shaped.clone(), namespace.clone());
+            async move { ensure_service(&ctx, &shaped, &namespace).await }
+        });
+        (outcome, mark) = claiming.await?;
         service_made = true;
+        match outcome {
+            PodOutcome::Gone => joined(service).await?,
+            _ => service_task = Some(service),
+        }
     }
 
     // A backend never reconciled has, in all likelihood, no children yet: create them straight
@@ -196,6 +207,9 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
         ctx.publish(&*backend, t.type_, t.reason, t.message).await;
     }
 
+    if let Some(service) = service_task {
+        joined(service).await?;
+    }
     ctx.succeeded(&id);
     if waiting_for_gc {
         debug!(backend = %id, "an old Pod or Service of the same name is still being deleted");
@@ -268,6 +282,16 @@ async fn find_service(
     match backend.spec.shape.service.enabled {
         true => children::find::<Service>(ctx, backend, namespace).await.map(Some),
         false => Ok(None),
+    }
+}
+
+/// The result of a task of this reconcile; its panic is this reconcile's. One cancelled (the
+/// runtime shutting down) reports nothing: the next reconcile does its work again.
+async fn joined(task: tokio::task::JoinHandle<Result<(), Error>>) -> Result<(), Error> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Ok(()),
     }
 }
 
