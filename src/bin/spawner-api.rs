@@ -27,7 +27,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+pub async fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format, LogFilter::Directives("info"));
     let stop = CancellationToken::new();

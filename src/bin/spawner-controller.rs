@@ -98,7 +98,7 @@ fn identity(explicit: Option<String>) -> String {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, LogFilter::Directives("info,kube_runtime=warn"));
     let client = match kube::Client::try_default().await {

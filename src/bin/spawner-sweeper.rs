@@ -43,7 +43,7 @@ struct Args {
     static_grace_seconds: f64,
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format, LogFilter::Directives("info"));
     // One thread is plenty: the work is a few hundred idle sockets and timers, and a single

@@ -14,15 +14,20 @@ use xshell::{Shell, cmd};
 
 use crate::oci::{Built, ImageSpec, build_image_to};
 
-/// Component name (as in `spawner::names::image`) and the binary it runs.
-pub const RUST_IMAGES: &[(&str, &str)] = &[
-    ("controller", "spawner-controller"),
-    ("sidecar", "spawner-sidecar"),
-    ("sweeper", "spawner-sweeper"),
-    ("router", "spawner-router"),
-    ("api", "spawner-api"),
-    ("demo-drop-four", "spawner-demo-drop-four"),
-    ("demo-lobby", "spawner-demo-lobby"),
+/// The binary of the controller, sweeper and API images (see `src/bin/spawner-system.rs`: one
+/// thin-LTO optimization for the three instead of one each).
+const SYSTEM: &str = "spawner-system";
+
+/// Component name (as in `spawner::names::image`), the name its binary is installed (and run)
+/// under, and the release binary that is.
+pub const RUST_IMAGES: &[(&str, &str, &str)] = &[
+    ("controller", "spawner-controller", SYSTEM),
+    ("sidecar", "spawner-sidecar", "spawner-sidecar"),
+    ("sweeper", "spawner-sweeper", SYSTEM),
+    ("router", "spawner-router", "spawner-router"),
+    ("api", "spawner-api", SYSTEM),
+    ("demo-drop-four", "spawner-demo-drop-four", "spawner-demo-drop-four"),
+    ("demo-lobby", "spawner-demo-lobby", "spawner-demo-lobby"),
 ];
 
 /// Images only the tests use (component name, example binary).
@@ -60,7 +65,10 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     // binaries, those dependencies' features would be unified into the binaries (larger images,
     // a longer build). So: a build of their own, and none for `deploy`.
     let test_images = if test_images { TEST_IMAGES } else { &[] };
-    let bins = RUST_IMAGES.iter().flat_map(|(_, bin)| ["--bin", bin]);
+    let mut built: Vec<&str> = RUST_IMAGES.iter().map(|(_, _, binary)| *binary).collect();
+    built.sort_unstable();
+    built.dedup();
+    let bins = built.into_iter().flat_map(|bin| ["--bin", bin]);
     let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
     let builds = [bins.collect::<Vec<_>>(), examples.collect()];
     for targets in builds.into_iter().filter(|targets| !targets.is_empty()) {
@@ -79,11 +87,10 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     let mut tars = Vec::new();
     let binaries = RUST_IMAGES
         .iter()
-        .map(|(c, b)| (c, crate::target_dir().join("release").join(b)))
-        .chain(test_images.iter().map(|(c, b)| (c, crate::target_dir().join("release/examples").join(b))));
-    for (component, binary) in binaries {
-        let bin = binary.file_name().unwrap().to_string_lossy().into_owned();
-        let entry = format!("/usr/local/bin/{bin}");
+        .map(|(c, name, binary)| (c, *name, crate::target_dir().join("release").join(binary)))
+        .chain(test_images.iter().map(|(c, b)| (c, *b, crate::target_dir().join("release/examples").join(b))));
+    for (component, name, binary) in binaries {
+        let entry = format!("/usr/local/bin/{name}");
         let mut files = vec![(binary.clone(), entry.clone(), 0o755)];
         files.extend(shared_libraries(&binary)?);
         tars.push(write(
