@@ -24,11 +24,8 @@ mod sweeper;
 type Main = fn() -> ExitCode;
 
 /// The components, by the name each image installs this binary under.
-const COMPONENTS: [(&str, Main); 3] = [
-    ("spawner-api", api::main),
-    ("spawner-controller", controller::main),
-    ("spawner-sweeper", sweeper::main),
-];
+const COMPONENTS: [(&str, Main); 3] =
+    [("spawner-api", api::main), ("spawner-controller", controller::main), ("spawner-sweeper", sweeper::main)];
 
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
