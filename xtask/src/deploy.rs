@@ -4,7 +4,7 @@
 //! mapped to the host); otherwise the local cluster of `cargo xtask cluster`.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use xshell::{Shell, cmd};
 
 use anyhow::{Context, Result, bail};
@@ -129,15 +129,9 @@ pub fn apply_default(kubeconfig: &PathBuf, images: &[Pinned], base_url: &str) ->
     // The CRDs first, so they are Established before anything could use them; the same
     // (client-side) apply as the kustomization's, so the second apply finds them unchanged.
     kubectl(kubeconfig, &["apply", "-k", "config/crd"])?;
-    kubectl(
+    wait_established(
         kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/sessionlivedbackends.spawner.dev",
-            "crd/sessionlivedbackendpools.spawner.dev",
-        ],
+        &["crd/sessionlivedbackends.spawner.dev", "crd/sessionlivedbackendpools.spawner.dev"],
     )?;
     ensure_claim_key(kubeconfig)?;
     let applied = kubectl(kubeconfig, &["apply", "-k", OVERLAY_DIR])?;
@@ -194,6 +188,29 @@ fn ensure_claim_key(kubeconfig: &PathBuf) -> Result<()> {
     let literal = format!("--from-literal={CLAIM_KEY_FILE}={key}");
     kubectl(kubeconfig, &["create", "secret", "generic", "-n", ns, CLAIM_KEY_SECRET, &literal])?;
     println!("    created the controller's claim key (Secret {ns}/{CLAIM_KEY_SECRET})");
+    Ok(())
+}
+
+/// Waits until each CRD is Established. Not `kubectl wait --for=condition=Established`: on a CRD
+/// whose status has no conditions yet, that fails at once instead of waiting (".status.conditions
+/// accessor error: <nil> is of the type <nil>", seen in CI right after the apply on a new kind
+/// cluster).
+fn wait_established(kubeconfig: &PathBuf, crds: &[&str]) -> Result<()> {
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    let deadline = Instant::now() + TIMEOUT;
+    for crd in crds {
+        loop {
+            let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+            let status = kubectl(kubeconfig, &["get", crd, "-o", established])?;
+            if status.trim() == "True" {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{crd} is not Established after {TIMEOUT:?} (Established: {:?})", status.trim());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     Ok(())
 }
 
