@@ -32,7 +32,8 @@ pub struct Args {
     pub no_build: bool,
 }
 
-/// A proxy to count: how to start it under valgrind, given the work dir and the app.
+/// A proxy to count: how to start it under valgrind, given the work dir and the app; returns
+/// it and its address (not answering yet).
 struct Target {
     name: &'static str,
     start: fn(&Path, SocketAddr, &Path) -> Result<(Proc, SocketAddr)>,
@@ -90,6 +91,7 @@ fn count(target: &Target, work: &Path, app: SocketAddr, requests: u64) -> Result
     eprintln!("{}: {requests} requests under callgrind", target.name);
     let out = work.join(format!("{}-{requests}.callgrind", target.name));
     let (mut proxy, addr) = (target.start)(work, app, &out)?;
+    super::sidecar::wait_http(addr)?;
     send_requests(addr, requests).with_context(|| format!("requests through {}", target.name))?;
     // callgrind writes its counts when the process exits: give it time to.
     proxy.stop_within(Duration::from_secs(60));
@@ -107,25 +109,18 @@ fn start_sidecar(_work: &Path, app: SocketAddr, out: &Path) -> Result<(Proc, Soc
     let bin = crate::target_dir().join("release/spawner-sidecar");
     let mut proc = Proc::spawn("sidecar", under_callgrind(&bin.to_string_lossy(), out).args(sidecar_args(app)))?;
     let addr = sidecar_addr(&proc.first_line()?)?;
-    super::sidecar::wait_http(addr)?;
     Ok((proc, addr))
 }
 
 fn start_nginx(work: &Path, app: SocketAddr, out: &Path) -> Result<(Proc, SocketAddr)> {
     // One process, so callgrind follows the one that serves.
     let (port, args) = nginx_command(work, app, "master_process off;\n")?;
-    let proc = Proc::spawn("nginx", under_callgrind("nginx", out).args(args))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    super::sidecar::wait_http(addr)?;
-    Ok((proc, addr))
+    Ok((Proc::spawn("nginx", under_callgrind("nginx", out).args(args))?, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 fn start_haproxy(work: &Path, app: SocketAddr, out: &Path) -> Result<(Proc, SocketAddr)> {
     let (port, args) = haproxy_command(work, app)?;
-    let proc = Proc::spawn("haproxy", under_callgrind("haproxy", out).args(args))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    super::sidecar::wait_http(addr)?;
-    Ok((proc, addr))
+    Ok((Proc::spawn("haproxy", under_callgrind("haproxy", out).args(args))?, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 /// `n` sequential `GET /` on one keep-alive connection, each answer read whole and checked.
