@@ -240,10 +240,8 @@ fn backend_controller(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // The backends' cache keeps them without managed fields (a large part of each object):
-    // nothing reads them, and at 10,000 backends they are memory (`cargo xtask bench scale`).
     let (reader, writer) = reflector::store();
-    let events = watcher(backends, watcher::Config::default()).modify(children::trim);
+    let events = watcher(backends, watcher::Config::default()).modify(reconcile::trim_backend);
     let controller = Controller::for_stream(reflector(writer, events).default_backoff().applied_objects(), reader);
     let controller = children::owns::<Pod>(controller, client, namespace, caches);
     children::owns::<Service>(controller, client, namespace, caches)

@@ -98,15 +98,18 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
                 }
             })
         };
-        let service = tokio::spawn({
-            let (ctx, shaped, namespace) = (ctx.clone(), shaped.clone(), namespace.clone());
-            async move { ensure_service(&ctx, &shaped, &namespace).await }
-        });
+        // A claimed backend is reconciled again on every change of its pod: its Service, in
+        // the cache by then, needs no task.
+        let service = (shaped.spec.shape.service.enabled && !children::cached::<Service>(&ctx, shaped, &namespace))
+            .then(|| {
+                let (ctx, shaped, namespace) = (ctx.clone(), shaped.clone(), namespace.clone());
+                tokio::spawn(async move { ensure_service(&ctx, &shaped, &namespace).await })
+            });
         (outcome, mark) = claiming.await?;
         service_made = true;
-        match outcome {
-            PodOutcome::Gone => joined(service).await?,
-            _ => service_task = Some(service),
+        match (&outcome, service) {
+            (PodOutcome::Gone, Some(service)) => joined(service).await?,
+            (_, service) => service_task = service,
         }
     }
 
@@ -362,6 +365,19 @@ pub fn back_off(id: &str, error: &Error, ctx: &Context) -> Action {
         Duration::from_millis(500).saturating_mul(1 << attempt.min(10).saturating_sub(1)).min(Duration::from_secs(300));
     warn!(object = %id, error = %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// What the backends' cache keeps of a backend: not its managed fields (nothing reads them), and
+/// not its template once its application's start is recorded (`status.startedAt`). The template
+/// is read only to build the pod, which is never rebuilt once it existed ([`had_pod`]), and to
+/// find when the application started; after that nothing reads it, and at 10,000 backends the
+/// templates are memory (`cargo xtask bench scale`). Nothing sends a cached backend's spec back
+/// to the API server: status writes patch the status alone.
+pub(crate) fn trim_backend(backend: &mut SessionLivedBackend) {
+    children::trim(backend);
+    if backend.status.as_ref().is_some_and(|s| s.started_at.is_some()) {
+        backend.spec.template = None;
+    }
 }
 
 /// Whether the backend's pod existed before (the pod is the session: it is never recreated).

@@ -423,3 +423,34 @@ async fn a_repeated_warning_becomes_a_series_and_a_backends_milestones_are_not_k
         "the second NotReady counts on the first; each Ready is its own, from no cache"
     );
 }
+
+#[tokio::test]
+async fn a_started_backend_without_its_template_reconciles_as_the_whole_backend() {
+    let mut started = SessionLivedBackend::test().ready_at(1003);
+    started.status_mut().started_at = Some(super::status::time(at(1002)));
+    let mut trimmed = started.clone();
+    super::reconcile::trim_backend(&mut trimmed);
+    assert!(trimmed.spec.template.is_none(), "the cache drops the template once the start is recorded");
+    let pods = [
+        Some(Pod::test().scheduled_to("node-a").running().ready()),
+        Some(Pod::test().scheduled_to("node-a").running().app_terminated(1, "Error").phase("Failed")),
+        None,
+    ];
+    for pod in pods {
+        let outcome = async |backend: &SessionLivedBackend| {
+            let cluster = match &pod {
+                Some(pod) => Cluster::default().with("pods/game", owned_pod(pod.clone())),
+                None => Cluster::default(),
+            };
+            let cluster = shared(cluster.with("services/game", owned_service()));
+            let action = reconcile_in(&cluster, backend.clone(), 1010).await.unwrap();
+            let c = cluster.lock().unwrap();
+            (action, c.calls.clone(), c.status.clone(), c.event_reasons().join(","))
+        };
+        assert_eq!(outcome(&trimmed).await, outcome(&started).await, "{pod:?}");
+    }
+
+    let mut new = SessionLivedBackend::test().phase(Phase::Scheduled);
+    super::reconcile::trim_backend(&mut new);
+    assert!(new.spec.template.is_some(), "a backend whose application has not started keeps it");
+}

@@ -325,22 +325,35 @@ fn writes_per(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, obj
     (total, detail)
 }
 
-/// RSS (MiB) and CPU time (s) of a process, from /proc.
-fn usage(pid: u32) -> (f64, f64) {
+/// What /proc says of a process.
+struct Usage {
+    /// Resident set now, MiB.
+    rss: f64,
+    /// The largest resident set the process has had (`VmHWM`), MiB: a peak between two samples
+    /// is not missed.
+    peak: f64,
+    /// CPU time, user and system, s.
+    cpu: f64,
+}
+
+fn usage(pid: u32) -> Usage {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let mib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis: state is the 1st, utime the 12th, stime
     // the 13th; in clock ticks of 1/100 s.
     let fields: Vec<&str> =
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (rss_kib / 1024.0, (ticks(11) + ticks(12)) / 100.0)
+    Usage { rss: mib("VmRSS:"), peak: mib("VmHWM:"), cpu: (ticks(11) + ticks(12)) / 100.0 }
 }
 
 /// The processes that share the machine during a run, by a part of their executable's path
@@ -366,7 +379,7 @@ fn parts_cpu() -> Vec<f64> {
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { continue };
         let exe = exe.to_string_lossy();
         if let Some(i) = PARTS.iter().position(|(part, _)| exe.contains(part)) {
-            out[i] += usage(pid).1;
+            out[i] += usage(pid).cpu;
         }
     }
     out
@@ -533,7 +546,7 @@ async fn bench_scale() {
     controller.wait_for_metric("spawner_controller_reconciles_total", Duration::from_secs(60)).await;
     let mut rows = Vec::new();
     rows.push(row("", format!("(Spawner: {n} backends)"), ""));
-    let (rss, _) = usage(controller.pid());
+    let rss = usage(controller.pid()).rss;
     rows.push(row("controller started, no backend: RSS MiB", format!("{rss:.0}"), "–"));
 
     // Create, sampling the controller as the count of Ready backends passes each mark.
@@ -558,11 +571,11 @@ async fn bench_scale() {
     });
     let mut marks: Vec<usize> = [1_000, 5_000].into_iter().filter(|m| *m < n).collect();
     marks.push(n);
-    let (mut last_cpu, mut last_t) = (usage(controller.pid()).1, Instant::now());
+    let (mut last_cpu, mut last_t) = (usage(controller.pid()).cpu, Instant::now());
     let mut usage_rows = Vec::new();
     for mark in marks {
         backends.wait(&format!("{mark} backends Ready"), LONG, |seen| seen.ready_at.len() >= mark).await;
-        let (rss, cpu) = usage(controller.pid());
+        let Usage { rss, cpu, .. } = usage(controller.pid());
         let cores = (cpu - last_cpu) / last_t.elapsed().as_secs_f64();
         (last_cpu, last_t) = (cpu, Instant::now());
         usage_rows.push(row(
@@ -591,8 +604,12 @@ async fn bench_scale() {
     rows.push(row(CREATE_CPU, cores, ""));
     rows.extend(usage_rows);
     tokio::time::sleep(Duration::from_secs(10)).await; // a quiet moment: the idle RSS at N
-    let (rss, _) = usage(controller.pid());
-    rows.push(row(format!("controller at {n}, 10 s quiet: RSS MiB"), format!("{rss:.0}"), "–"));
+    let Usage { rss, peak, .. } = usage(controller.pid());
+    rows.push(row(
+        format!("controller at {n}, 10 s quiet: RSS / peak so far, MiB"),
+        format!("{rss:.0} / {peak:.0}"),
+        "–",
+    ));
 
     // Restart: SIGKILL, a new process, a new backend.
     controller.kill();
@@ -625,7 +642,7 @@ async fn bench_scale() {
     let after = api_writes(&env.client).await;
     let (restart_writes, restart_detail) = writes_per(&before, &after, all);
     println!("restart: writes per backend {restart_writes:.2} ({restart_detail})");
-    let (rss, _) = usage(controller.pid());
+    let Usage { rss, peak, .. } = usage(controller.pid());
     rows.push(row(
         "restart (SIGKILL at N): new process → a new backend Ready, s",
         format!("{:.1}", probe_ready.as_secs_f64()),
@@ -636,7 +653,11 @@ async fn bench_scale() {
         format!("{:.1}", reconciled_all.as_secs_f64()),
         "–",
     ));
-    rows.push(row("restart: API writes per backend / RSS MiB after", format!("{restart_writes:.2} / {rss:.0}"), "–"));
+    rows.push(row(
+        "restart: API writes per backend / RSS MiB after / its peak",
+        format!("{restart_writes:.2} / {rss:.0} / {peak:.0}"),
+        "–",
+    ));
     let (duplicates, orphans) = check_children(&env, s.services).await;
     rows.push(row("after the restart: children missing or extra / orphaned", format!("{duplicates} / {orphans}"), "–"));
 

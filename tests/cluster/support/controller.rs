@@ -85,7 +85,15 @@ impl ControllerProcess {
         let log =
             std::env::temp_dir().join(format!("spawner-controller-{}-{}.log", std::process::id(), metrics_addr.port()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_spawner-controller"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spawner-controller"));
+        // With SPAWNER_HEAPTRACK_DIR set, heaptrack (Debian's package) records every controller
+        // process into that directory: what `cargo xtask bench scale` found the restart peak with
+        // (`heaptrack_interpret < FILE.raw | gzip > FILE.gz`, then `heaptrack_print`).
+        if let Ok(dir) = std::env::var("SPAWNER_HEAPTRACK_DIR") {
+            command.env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so");
+            command.env("DUMP_HEAPTRACK_OUTPUT", format!("{dir}/controller-{}.raw", metrics_addr.port()));
+        }
+        let child = command
             .args(args)
             .arg(format!("--metrics-addr={metrics_addr}"))
             .env("KUBECONFIG", impersonating_kubeconfig())
