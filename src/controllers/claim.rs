@@ -74,7 +74,7 @@ pub async fn claimed_pod(ctx: &Context, backend: &SessionLivedBackend, namespace
     // Ready) a moment before the cache saw the mark, and handing over again would draw a new
     // token after clients read the old one.
     if let Some(cache) = ctx.caches.get::<Pod>()
-        && let Some(pod) = cache.state().into_iter().find(|p| mine(p))
+        && let Some(pod) = cache.find(|p| mine(p))
         && (!is_warm(&pod) || handed_over(&pod, backend))
     {
         return Ok(Some((*pod).clone()));
