@@ -7,20 +7,35 @@
 // No unsafe code but the one call into glibc's allocator (`process::trim_heap`), allowed there.
 #![deny(unsafe_code)]
 
-pub mod admin_http;
-pub mod api;
-pub mod backend_cache;
-pub mod backoff;
-pub mod cli;
-pub mod client;
-pub mod controllers;
-pub mod crd;
+// Without the `kubernetes` feature the library is the sidecar alone (its image's build).
 pub mod process;
-pub mod proxy_config;
-pub mod rbac;
-pub mod router;
 pub mod sidecar;
+
+#[cfg(feature = "kubernetes")]
+pub mod admin_http;
+#[cfg(feature = "kubernetes")]
+pub mod api;
+#[cfg(feature = "kubernetes")]
+pub mod backend_cache;
+#[cfg(feature = "kubernetes")]
+pub mod backoff;
+#[cfg(feature = "kubernetes")]
+pub mod cli;
+#[cfg(feature = "kubernetes")]
+pub mod client;
+#[cfg(feature = "kubernetes")]
+pub mod controllers;
+#[cfg(feature = "kubernetes")]
+pub mod crd;
+#[cfg(feature = "kubernetes")]
+pub mod proxy_config;
+#[cfg(feature = "kubernetes")]
+pub mod rbac;
+#[cfg(feature = "kubernetes")]
+pub mod router;
+#[cfg(feature = "kubernetes")]
 pub mod sweeper;
+#[cfg(feature = "kubernetes")]
 pub mod text;
 
 /// Names shared by the manifests and the binaries.

@@ -3,7 +3,7 @@
 
 use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{Layer, Registry};
 
 /// How logs are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -18,7 +18,8 @@ pub enum LogFormat {
 /// What `RUST_LOG` is read as.
 #[derive(Clone, Copy, Debug)]
 pub enum LogFilter<'a> {
-    /// Full `EnvFilter` directives, with this default when `RUST_LOG` is unset.
+    /// Full `EnvFilter` directives, with this default when `RUST_LOG` is unset (read as
+    /// `Targets` in a build without the `kubernetes` feature, which leaves out `EnvFilter`).
     Directives(&'a str),
     /// Only `level` or `target=level,...` (the regex-free `Targets` filter), INFO by default:
     /// for the sidecar, which runs in every pod — a smaller binary and a lower idle RSS.
@@ -28,17 +29,26 @@ pub enum LogFilter<'a> {
 /// Logs to stderr (stdout is left to the program's results).
 pub fn init_logging(format: LogFormat, filter: LogFilter) {
     match filter {
-        LogFilter::Directives(default) => {
-            install(format, EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
-        }
-        LogFilter::Targets => {
-            let targets = std::env::var("RUST_LOG")
-                .ok()
-                .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
-                .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
-            install(format, targets)
-        }
+        #[cfg(feature = "kubernetes")]
+        LogFilter::Directives(default) => install(
+            format,
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        ),
+        #[cfg(not(feature = "kubernetes"))]
+        LogFilter::Directives(default) => install(format, targets(default)),
+        LogFilter::Targets => install(format, targets("info")),
     }
+}
+
+/// `RUST_LOG` as a `Targets` filter, or `default` when it is unset or not one.
+fn targets(default: &str) -> tracing_subscriber::filter::Targets {
+    let parse = |s: &str| s.parse::<tracing_subscriber::filter::Targets>().ok();
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| parse(&v))
+        .or_else(|| parse(default))
+        .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO))
 }
 
 fn install<F: Filter<Registry> + Send + Sync + 'static>(format: LogFormat, filter: F) {

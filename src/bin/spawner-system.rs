@@ -1,11 +1,13 @@
 //! `spawner-system`: the controller, the sweeper and the API in one binary, for their images. Each image installs it under its component's name (`/usr/local/bin/spawner-api`, ...)
 //! and it runs the component its name says, exactly as that component's own binary would.
 //!
-//! Why one binary: the release profile's thin LTO optimizes each binary whole, so binaries that
-//! share most of their code (kube, k8s-openapi, hyper) paid that optimization once each — most of
-//! `cargo xtask deploy`'s build (`cargo build --release --timings`: 408 s of CPU for the
-//! controller's, sweeper's, API's and router's links against 23 s for the library; 98 s for
-//! the four as one). The router keeps a binary of its own: it runs in the reverse proxy's pod,
+//! Why one binary: each binary compiles its own copy of the library's async code it runs (the
+//! futures are instantiated where they are polled, and an optimized build does not share
+//! generic instances across crates), so binaries that share most of their code (kube,
+//! k8s-openapi, hyper) paid that code generation once each — with thin LTO, which optimized
+//! everything a binary reaches, 408 s of CPU for the controller's, sweeper's, API's and router's
+//! links against 98 s for the four as one (`cargo build --release --timings`). The router keeps a
+//! binary of its own: it runs in the reverse proxy's pod,
 //! which a deploy should restart only when the router itself changed (a restart closes the
 //! users' WebSockets); so do the sidecar, which runs in every backend pod, and the demo's apps.
 //! The separate binaries are still built for development and the tests; this includes their

@@ -8,21 +8,24 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use xshell::{Shell, cmd};
 
 use crate::oci::{Built, ImageSpec, build_image_to};
 
-/// The binary of the controller, sweeper and API images (see `src/bin/spawner-system.rs`: one
-/// thin-LTO optimization for the three instead of one each).
+/// The binary of the controller, sweeper and API images (see `src/bin/spawner-system.rs`: the
+/// three share one binary's code generation).
 const SYSTEM: &str = "spawner-system";
+
+/// The sidecar's binary: built in a profile of its own (see [`build_release`]).
+pub const SIDECAR: &str = "spawner-sidecar";
 
 /// Component name (as in `spawner::names::image`), the name its binary is installed (and run)
 /// under, and the release binary that is.
 pub const RUST_IMAGES: &[(&str, &str, &str)] = &[
     ("controller", "spawner-controller", SYSTEM),
-    ("sidecar", "spawner-sidecar", "spawner-sidecar"),
+    ("sidecar", "spawner-sidecar", SIDECAR),
     ("sweeper", "spawner-sweeper", SYSTEM),
     ("router", "spawner-router", "spawner-router"),
     ("api", "spawner-api", SYSTEM),
@@ -58,55 +61,82 @@ impl Pinned {
 /// Builds Spawner's images, and with `test_images` those only the tests use; returns what was
 /// written.
 pub fn build(test_images: bool) -> Result<Vec<Built>> {
-    let root = crate::project_root();
     let started = Instant::now();
     println!("==> cargo build --release (the binaries in the images)");
+    let mut bins: Vec<&str> = RUST_IMAGES.iter().map(|(_, _, binary)| *binary).collect();
+    bins.sort_unstable();
+    bins.dedup();
+    let paths = build_release(&bins)?;
     // The test images are examples, which link the dev-dependencies: built together with the
     // binaries, those dependencies' features would be unified into the binaries (larger images,
     // a longer build). So: a build of their own, and none for `deploy`.
     let test_images = if test_images { TEST_IMAGES } else { &[] };
-    let mut built: Vec<&str> = RUST_IMAGES.iter().map(|(_, _, binary)| *binary).collect();
-    built.sort_unstable();
-    built.dedup();
-    let bins = built.into_iter().flat_map(|bin| ["--bin", bin]);
-    let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
-    let builds = [bins.collect::<Vec<_>>(), examples.collect()];
-    for targets in builds.into_iter().filter(|targets| !targets.is_empty()) {
-        let sh = Shell::new()?;
-        sh.change_dir(&root);
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        cmd!(sh, "{cargo} build --release --package spawner {targets...}")
-            .quiet()
-            .run()
-            .context("cargo build --release failed")?;
+    if !test_images.is_empty() {
+        let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
+        cargo_build(&["--release", "--package", "spawner"].into_iter().chain(examples).collect::<Vec<_>>())?;
     }
     println!("    built in {:.1?}", started.elapsed());
 
     let out_dir = crate::cluster::cache_root()?.join("images");
     std::fs::create_dir_all(&out_dir)?;
-    let mut tars = Vec::new();
+    let path_of = |binary: &str| paths[bins.iter().position(|b| *b == binary).expect("built above")].clone();
     let binaries = RUST_IMAGES
         .iter()
-        .map(|(c, name, binary)| (c, *name, crate::target_dir().join("release").join(binary)))
+        .map(|(c, name, binary)| (c, *name, path_of(binary)))
         .chain(test_images.iter().map(|(c, b)| (c, *b, crate::target_dir().join("release/examples").join(b))));
+    let mut specs = Vec::new();
     for (component, name, binary) in binaries {
         let entry = format!("/usr/local/bin/{name}");
         let mut files = vec![(binary.clone(), entry.clone(), 0o755)];
         files.extend(shared_libraries(&binary)?);
-        tars.push(write(
-            ImageSpec {
-                name_tag: spawner::names::image(component),
-                files,
-                entrypoint: vec![entry],
-                user: NONROOT.into(),
-                ..Default::default()
-            },
-            &out_dir,
-        )?);
+        specs.push(ImageSpec {
+            name_tag: spawner::names::image(component),
+            files,
+            entrypoint: vec![entry],
+            user: NONROOT.into(),
+            ..Default::default()
+        });
     }
-    tars.push(write(nginx_image()?, &out_dir)?);
+    specs.push(nginx_image()?);
+    // Each image's layer is gzipped: one thread per image, as that is CPU work.
+    let tars = std::thread::scope(|scope| {
+        let writers: Vec<_> = specs.into_iter().map(|spec| scope.spawn(|| write(spec, &out_dir))).collect();
+        writers.into_iter().map(|w| w.join().expect("image writer panicked")).collect::<Result<Vec<_>>>()
+    })?;
     println!("    images written to {} in {:.1?}", out_dir.display(), started.elapsed());
     Ok(tars)
+}
+
+/// Builds release binaries of the `spawner` package as the images ship them; returns their paths
+/// in the order of `bins`. The sidecar builds on its own, in the `sidecar` profile (thin LTO)
+/// and without the `kubernetes` feature, so that its LTO reaches only what it links. The others
+/// build in the release profile with the `xtask` package selected too: `cargo xtask` runs in that
+/// profile, and the same packages selected resolve the same features, so the dependencies and
+/// the library compiled for the xtask are the ones the binaries link (a deploy compiles them once).
+pub fn build_release(bins: &[&str]) -> Result<Vec<PathBuf>> {
+    let (sidecar, others): (Vec<&str>, Vec<&str>) = bins.iter().partition(|b| **b == SIDECAR);
+    if !others.is_empty() {
+        let targets = others.iter().flat_map(|bin| ["--bin", bin]);
+        cargo_build(
+            &["--release", "--package", "spawner", "--package", "xtask"].into_iter().chain(targets).collect::<Vec<_>>(),
+        )?;
+    }
+    if !sidecar.is_empty() {
+        cargo_build(&["--profile", "sidecar", "--package", "spawner", "--no-default-features", "--bin", SIDECAR])?;
+    }
+    Ok(bins.iter().map(|bin| release_binary(bin)).collect())
+}
+
+/// Where [`build_release`] leaves `bin`.
+pub fn release_binary(bin: &str) -> PathBuf {
+    crate::target_dir().join(if bin == SIDECAR { "sidecar" } else { "release" }).join(bin)
+}
+
+/// `cargo build ARGS` in the project's root.
+fn cargo_build(args: &[&str]) -> Result<()> {
+    let status = crate::cargo().arg("build").args(args).status().context("running cargo build")?;
+    ensure!(status.success(), "cargo build {} failed ({status})", args.join(" "));
+    Ok(())
 }
 
 /// Builds the images and loads them into the local cluster's containerd, each under its

@@ -177,6 +177,24 @@ pub fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| project_root().join("target"))
 }
 
+/// `cargo`, in the repository's root, for the builds and tests the xtask runs. Without the
+/// variables `cargo run` set for the xtask itself (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`,
+/// ...): build scripts that watch them (ring's does) would see them changed, and the nested
+/// build would compile them again with everything above them (rustls, kube, the library) — and
+/// the next `cargo xtask` would compile them back.
+pub fn cargo() -> std::process::Command {
+    const SET_BY_CARGO_RUN: [&str; 5] =
+        ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"];
+    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        if SET_BY_CARGO_RUN.iter().any(|prefix| key.to_string_lossy().starts_with(prefix)) {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(project_root());
+    cmd
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The one preparation step every entry point shares: Debian's packages, installed once when

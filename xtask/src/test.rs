@@ -43,6 +43,21 @@ pub fn run(opts: Options) -> Result<()> {
     step("Debian packages", || crate::deps::ensure(crate::deps::Need::Tests))?;
     step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
     step("cargo clippy", || cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The sidecar's image is built without the `kubernetes` feature: the library as it is then.
+    step("cargo clippy (the sidecar's build)", || {
+        cargo(&[
+            "clippy",
+            "-p",
+            "spawner",
+            "--no-default-features",
+            "--lib",
+            "--bin",
+            "spawner-sidecar",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
     step("generated manifests are fresh", || crate::manifests::generate(crate::manifests::Mode::Check))?;
     step("local cluster", || crate::cluster::up(&crate::cluster::UpOptions::default()))?;
     let mut built = Vec::new();
@@ -155,8 +170,8 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 }
 
 fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args).current_dir(crate::project_root()).env("KUBECONFIG", crate::cluster::kubeconfig_path());
+    let mut cmd = crate::cargo();
+    cmd.args(args).env("KUBECONFIG", crate::cluster::kubeconfig_path());
     cmd
 }
 

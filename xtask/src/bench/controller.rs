@@ -6,8 +6,6 @@
 //! this runs it in release mode with the settings below and lets it print its report.
 //! Targets: throughput >= 80% of the raw client's; Ready overhead p50 <= 100 ms.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, ensure};
 
 /// Settings of `cargo xtask bench controller`.
@@ -32,11 +30,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let root = &crate::project_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("building and running the controller benchmark (release)");
-    let status = Command::new(cargo)
-        .current_dir(root)
+    let status = crate::cargo()
         .args(["test", "--release", "-p", "spawner", "--test", "cluster", "--"])
         .args(["--ignored", "--nocapture", "--exact", "controller_bench::bench_controller"])
         .env("SPAWNER_BENCH_BACKENDS", args.backends.to_string())

@@ -46,10 +46,9 @@ const TARGETS: [Target; 3] = [
 ];
 
 pub fn run(args: &Args) -> Result<()> {
-    let root = crate::project_root();
     ensure_tools(&["nginx", "haproxy", "valgrind"])?;
     if !args.no_build {
-        build_release(&root)?;
+        build_release()?;
     }
     let app_bin = crate::target_dir().join("release/examples/spawner-testapp");
     let work = std::env::temp_dir().join(format!("spawner-bench-instructions-{}", std::process::id()));
@@ -106,7 +105,7 @@ fn under_callgrind(program: &str, out: &Path) -> Command {
 }
 
 fn start_sidecar(_work: &Path, app: SocketAddr, out: &Path) -> Result<(Proc, SocketAddr)> {
-    let bin = crate::target_dir().join("release/spawner-sidecar");
+    let bin = crate::images::release_binary(crate::images::SIDECAR);
     let mut proc = Proc::spawn("sidecar", under_callgrind(&bin.to_string_lossy(), out).args(sidecar_args(app)))?;
     let addr = sidecar_addr(&proc.first_line()?)?;
     Ok((proc, addr))

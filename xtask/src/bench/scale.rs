@@ -167,10 +167,8 @@ fn node(i: usize) -> serde_json::Value {
 
 /// Runs the measurement (release build of the ignored test).
 fn measure(args: &Args) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("building and running the scale benchmark (release)");
-    let status = Command::new(cargo)
-        .current_dir(crate::project_root())
+    let status = crate::cargo()
         .args(["test", "--release", "-p", "spawner", "--test", "cluster", "--"])
         .args(["--ignored", "--nocapture", "--exact", "scale_bench::bench_scale"])
         .env("SPAWNER_SCALE_BACKENDS", args.backends.to_string())

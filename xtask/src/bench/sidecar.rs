@@ -55,13 +55,12 @@ const IDLE_RSS_TARGET_KIB: u64 = 4 * 1024;
 const WS_RSS_TARGET_KIB: u64 = 24 * 1024;
 
 pub fn run(args: &Args) -> Result<()> {
-    let root = &crate::project_root();
     ensure_tools(&["nginx", "haproxy", "wrk"])?;
     if !args.no_build {
-        build_release(root)?;
+        build_release()?;
     }
     let target = crate::target_dir();
-    let sidecar_bin = target.join("release/spawner-sidecar");
+    let sidecar_bin = crate::images::release_binary(crate::images::SIDECAR);
     let app_bin = target.join("release/examples/spawner-testapp");
 
     let work = std::env::temp_dir().join(format!("spawner-bench-sidecar-{}", std::process::id()));
@@ -186,17 +185,14 @@ pub(super) fn sidecar_addr(banner: &str) -> Result<SocketAddr> {
 /// The sidecar as the image ships it, and the app in front of which it is measured. Two builds:
 /// an example links the dev-dependencies, whose features built together with the sidecar would
 /// be unified into it.
-pub(super) fn build_release(root: &Path) -> Result<()> {
-    for what in [["--bin", "spawner-sidecar"], ["--example", "spawner-testapp"]] {
-        eprintln!("building release {}", what[1]);
-        let status = Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args(["build", "--release"])
-            .args(what)
-            .status()
-            .context("running cargo build")?;
-        ensure!(status.success(), "cargo build --release {} failed", what.join(" "));
-    }
+pub(super) fn build_release() -> Result<()> {
+    eprintln!("building release spawner-sidecar and spawner-testapp");
+    crate::images::build_release(&[crate::images::SIDECAR])?;
+    let status = crate::cargo()
+        .args(["build", "--release", "--example", "spawner-testapp"])
+        .status()
+        .context("running cargo build")?;
+    ensure!(status.success(), "cargo build --release --example spawner-testapp failed");
     Ok(())
 }
 

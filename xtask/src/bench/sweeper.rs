@@ -38,7 +38,7 @@ const LATENESS_P99_TARGET: Duration = Duration::from_secs(1);
 
 pub fn run() -> Result<()> {
     let root = &crate::project_root();
-    let bins = build_release(root)?;
+    let bins = build_release()?;
 
     let release = Arc::new(AtomicBool::new(false));
     let app = start_app(release.clone())?;
@@ -185,19 +185,12 @@ struct Binaries {
     sweeper: PathBuf,
 }
 
-fn build_release(root: &Path) -> Result<Binaries> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+fn build_release() -> Result<Binaries> {
     let started = Instant::now();
     println!("building release spawner-sidecar and spawner-sweeper");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "spawner", "--bin", "spawner-sidecar", "--bin", "spawner-sweeper"])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "cargo build --release failed");
+    let mut paths = crate::images::build_release(&[crate::images::SIDECAR, "spawner-sweeper"])?.into_iter();
     println!("built in {:.0?}", started.elapsed());
-    let target = crate::target_dir();
-    Ok(Binaries { sidecar: target.join("release/spawner-sidecar"), sweeper: target.join("release/spawner-sweeper") })
+    Ok(Binaries { sidecar: paths.next().expect("two binaries"), sweeper: paths.next().expect("two binaries") })
 }
 
 /// The shared app: answers every request with `ok`, except `/hold`, which stays open until
