@@ -2,8 +2,8 @@
 //!
 //! Each image holds one release binary and exactly the shared libraries `ldd` says it loads
 //! (glibc from this Debian), runs as uid 65532, and is written as an OCI image-layout tar by
-//! [`crate::oci`]. nginx comes from Debian's package the same way. For machines with Docker,
-//! `images/Dockerfile` builds the same images in multi-stage builds.
+//! [`crate::oci`]. nginx comes from Debian's package the same way. The same tars load into
+//! kind's nodes (`cargo xtask deploy --kind`), so no Dockerfile is needed or kept.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
