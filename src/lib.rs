@@ -7,36 +7,29 @@
 // No unsafe code but the one call into glibc's allocator (`process::trim_heap`), allowed there.
 #![deny(unsafe_code)]
 
-// Without the `kubernetes` feature the library is the sidecar alone (its image's build).
 pub mod process;
 pub mod sidecar;
 
-#[cfg(feature = "kubernetes")]
-pub mod admin_http;
-#[cfg(feature = "kubernetes")]
-pub mod api;
-#[cfg(feature = "kubernetes")]
-pub mod backend_cache;
-#[cfg(feature = "kubernetes")]
-pub mod backoff;
-#[cfg(feature = "kubernetes")]
-pub mod cli;
-#[cfg(feature = "kubernetes")]
-pub mod client;
-#[cfg(feature = "kubernetes")]
-pub mod controllers;
-#[cfg(feature = "kubernetes")]
-pub mod crd;
-#[cfg(feature = "kubernetes")]
-pub mod proxy_config;
-#[cfg(feature = "kubernetes")]
-pub mod rbac;
-#[cfg(feature = "kubernetes")]
-pub mod router;
-#[cfg(feature = "kubernetes")]
-pub mod sweeper;
-#[cfg(feature = "kubernetes")]
-pub mod text;
+/// Declares modules that exist only with the `kubernetes` feature (the default). Without it the
+/// library is the sidecar alone: the sidecar's image is built that way.
+macro_rules! with_kubernetes {
+    ($($module:ident),* $(,)?) => { $( #[cfg(feature = "kubernetes")] pub mod $module; )* };
+}
+with_kubernetes!(
+    admin_http,
+    api,
+    backend_cache,
+    backoff,
+    cli,
+    client,
+    controllers,
+    crd,
+    proxy_config,
+    rbac,
+    router,
+    sweeper,
+    text,
+);
 
 /// Names shared by the manifests and the binaries.
 pub mod names {
