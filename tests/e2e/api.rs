@@ -25,19 +25,32 @@ struct Answer {
 
 /// One request to the API through the proxy.
 async fn call(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<Vec<u8>>) -> Answer {
-    let response = send(base, method, path, key, body, &[]).await;
+    try_call(base, method, path, key, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`call`], with a connection that fails as an error: for loops that wait until the proxy
+/// routes to the API at all (right after a deploy, the Service's rules may still be written).
+async fn try_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, String> {
+    let response = send(base, method, path, key, body, &[]).await?;
     let status = response.status().as_u16();
     let content_type =
         response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let bytes = tokio::time::timeout(READY_WITHIN, response.into_body().collect())
         .await
         .expect("the API answers in time")
-        .expect("a whole body")
+        .map_err(|e| format!("a whole body: {e}"))?
         .to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+    Ok(Answer { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::Null), text })
 }
 
+/// One request through the proxy; a connection that fails is an error.
 async fn send(
     base: &str,
     method: &str,
@@ -45,12 +58,14 @@ async fn send(
     key: Option<&str>,
     body: Option<Vec<u8>>,
     headers: &[(&str, &str)],
-) -> http::Response<hyper::body::Incoming> {
+) -> Result<http::Response<hyper::body::Incoming>, String> {
     let uri: http::Uri = format!("{base}{path}").parse().unwrap();
     let (host, port) = (uri.host().unwrap().to_owned(), uri.port_u16().unwrap_or(80));
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("the proxy listens");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("HTTP handshake");
+    let stream =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("the proxy listens: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(conn);
     let mut request = http::Request::builder().method(method).uri(path).header("host", format!("{host}:{port}"));
     if let Some(key) = key {
@@ -66,7 +81,7 @@ async fn send(
     tokio::time::timeout(READY_WITHIN, sender.send_request(request))
         .await
         .expect("the API answers in time")
-        .expect("an HTTP answer")
+        .map_err(|e| format!("an HTTP answer: {e}"))
 }
 
 fn json_body(value: Value) -> Option<Vec<u8>> {
@@ -103,7 +118,7 @@ async fn world(test: &str, pool: &str, size: i32, grace: i64, max_backends: u32)
     // spawner-api learns of the key from its watch of the keys Secret.
     let list = format!("/api/v1/namespaces/{}/backends", world.env.namespace);
     support::eventually(Duration::from_secs(30), "spawner-api knows the new key", || async {
-        call(&world.base, "GET", &list, Some(&world.key), None).await.status == 200
+        try_call(&world.base, "GET", &list, Some(&world.key), None).await.is_ok_and(|a| a.status == 200)
     })
     .await;
     world
@@ -190,17 +205,22 @@ async fn e2e_api_connect_races_meet_at_one_backend_and_the_status_stream_follows
     assert_eq!(listed.body["items"][0]["token"], Value::Null, "lists carry no tokens: {listed:?}");
 
     let status = world.path(&format!("/backends/{name}/status"));
-    let replay =
-        read_states(send(&world.base, "GET", &status, Some(&world.key), None, &[]).await, |s| s == "Ready").await;
+    let replay = read_states(
+        send(&world.base, "GET", &status, Some(&world.key), None, &[]).await.expect("the status stream"),
+        |s| s == "Ready",
+    )
+    .await;
     assert_eq!(names(&replay), ["Pending", "Scheduled", "Running", "Ready"], "{replay:?}");
     assert_eq!(replay.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3, 4]);
 
     // From Ready on: nothing replayed, then the sweep (Terminating may be too brief to see).
-    let rest =
-        read_states(send(&world.base, "GET", &status, Some(&world.key), None, &[("last-event-id", "4")]).await, |_| {
-            false
-        })
-        .await;
+    let rest = read_states(
+        send(&world.base, "GET", &status, Some(&world.key), None, &[("last-event-id", "4")])
+            .await
+            .expect("the status stream"),
+        |_| false,
+    )
+    .await;
     assert_eq!(rest.last().map(|(_, s)| s.as_str()), Some("Deleted"), "{rest:?}");
     assert!(rest.iter().all(|(id, _)| *id > 4), "{rest:?}");
     let gone = call(&world.base, "GET", &world.path(&format!("/backends/{name}")), Some(&world.key), None).await;
@@ -309,7 +329,8 @@ async fn e2e_lobby_new_game_and_join_meet_in_one_room() {
     let code = between(&made.text, "id=\"room-code\">", "<").expect("a room code");
     let play = between(&made.text, "id=\"play\" href=\"", "\"").expect("the room's link").replace("&amp;", "&");
 
-    let joined = send(&lobby, "GET", &format!("/join?code={}", code.to_lowercase()), None, None, &[]).await;
+    let joined =
+        send(&lobby, "GET", &format!("/join?code={}", code.to_lowercase()), None, None, &[]).await.expect("the join");
     assert_eq!(joined.status(), 303);
     assert_eq!(joined.headers()["location"].to_str().unwrap(), play, "Join reaches the room New game made");
 
