@@ -33,12 +33,12 @@ struct Tally {
 pub fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
     let kubeconfig = crate::cluster::kubeconfig_path();
-    // Measured on a cold run (2026-11-30): the debug and release builds peaked at 4.0 GB; the
-    // binaries, images and Docker's data (while the kind clusters run) under ~/.cache/spawner at
-    // about 8 GB.
+    // Measured on cold runs: the target dir ended at 5.8 GB (2026-12-01: debug 4.4, release 1.3,
+    // the sidecar's profile 0.2); the binaries, images and Docker's data (while the kind clusters
+    // run) under ~/.cache/spawner at about 8 GB (2026-11-30).
     crate::disk::warn_if_short(
         "cargo xtask test",
-        &[("cargo's target dir", &crate::target_dir(), 4.0), ("~/.cache/spawner", &crate::cluster::cache_root()?, 8.0)],
+        &[("cargo's target dir", &crate::target_dir(), 6.0), ("~/.cache/spawner", &crate::cluster::cache_root()?, 8.0)],
     );
     step("Debian packages", || crate::deps::ensure(crate::deps::Need::Tests))?;
     step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
