@@ -66,7 +66,7 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     let mut bins: Vec<&str> = RUST_IMAGES.iter().map(|(_, _, binary)| *binary).collect();
     bins.sort_unstable();
     bins.dedup();
-    let paths = build_release(&bins)?;
+    build_release(&bins)?;
     // The test images are examples, which link the dev-dependencies: built together with the
     // binaries, those dependencies' features would be unified into the binaries (larger images,
     // a longer build). So: a build of their own, and none for `deploy`.
@@ -79,10 +79,9 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
 
     let out_dir = crate::cluster::cache_root()?.join("images");
     std::fs::create_dir_all(&out_dir)?;
-    let path_of = |binary: &str| paths[bins.iter().position(|b| *b == binary).expect("built above")].clone();
     let binaries = RUST_IMAGES
         .iter()
-        .map(|(c, name, binary)| (c, *name, path_of(binary)))
+        .map(|(c, name, binary)| (c, *name, release_binary(binary)))
         .chain(test_images.iter().map(|(c, b)| (c, *b, crate::target_dir().join("release/examples").join(b))));
     let mut specs = Vec::new();
     for (component, name, binary) in binaries {
