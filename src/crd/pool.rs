@@ -87,7 +87,7 @@ pub struct SessionLivedBackendPoolStatus {
     pub claimed: i32,
     /// `Ready`: True once every warm pod of `size` is Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

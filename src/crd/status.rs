@@ -33,7 +33,7 @@ pub struct SessionLivedBackendStatus {
     /// Standard conditions: `Scheduled`, `Ready` and `Failed`, each with a reason and message.
     /// `kubectl wait --for=condition=Ready slab/NAME` waits on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "crate::crd::schema::conditions")]
     pub conditions: Vec<Condition>,
 
     /// Node the backend's pod runs on.
@@ -56,14 +56,17 @@ pub struct SessionLivedBackendStatus {
 
     /// When the backend's containers started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::schema::optional_time")]
     pub started_at: Option<Time>,
 
     /// When the backend first became Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::schema::optional_time")]
     pub ready_at: Option<Time>,
 
     /// When the backend became Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::schema::optional_time")]
     pub failed_at: Option<Time>,
 
     /// The `metadata.generation` this status was computed from.
