@@ -1,4 +1,4 @@
-//! Pods running the test image `localhost/spawner/netcheck` (tests/apps/spawner-netcheck.rs):
+//! Pods running the test image `localhost/spawner/netcheck` (tests/apps/netcheck/src/main.rs):
 //! servers to reach and clients that report, by how they finish, what they could reach.
 
 use std::collections::BTreeMap;

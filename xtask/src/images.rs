@@ -33,7 +33,8 @@ pub const RUST_IMAGES: &[(&str, &str, &str)] = &[
     ("demo-lobby", "spawner-demo-lobby", "spawner-demo-lobby"),
 ];
 
-/// Images only the tests use (component name, example binary).
+/// Images only the tests use (component name, and the package whose binary of that name it
+/// holds).
 pub const TEST_IMAGES: &[(&str, &str)] = &[("netcheck", "spawner-netcheck")];
 
 const NONROOT: &str = "65532:65532";
@@ -67,13 +68,12 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     bins.sort_unstable();
     bins.dedup();
     build_release(&bins)?;
-    // The test images are examples, which link the dev-dependencies: built together with the
-    // binaries, those dependencies' features would be unified into the binaries (larger images,
-    // a longer build). So: a build of their own, and none for `deploy`.
+    // The test images' programs are packages of their own with no dependencies (tests/apps):
+    // a build of their own, seconds long, and none for `deploy`.
     let test_images = if test_images { TEST_IMAGES } else { &[] };
     if !test_images.is_empty() {
-        let examples = test_images.iter().flat_map(|(_, example)| ["--example", example]);
-        cargo_build(&["--release", "--package", "spawner"].into_iter().chain(examples).collect::<Vec<_>>())?;
+        let packages = test_images.iter().flat_map(|(_, package)| ["--package", package]);
+        cargo_build(&["--release"].into_iter().chain(packages).collect::<Vec<_>>())?;
     }
     println!("    built in {:.1?}", started.elapsed());
 
@@ -82,7 +82,7 @@ pub fn build(test_images: bool) -> Result<Vec<Built>> {
     let binaries = RUST_IMAGES
         .iter()
         .map(|(c, name, binary)| (c, *name, release_binary(binary)))
-        .chain(test_images.iter().map(|(c, b)| (c, *b, crate::target_dir().join("release/examples").join(b))));
+        .chain(test_images.iter().map(|(c, b)| (c, *b, crate::target_dir().join("release").join(b))));
     let mut specs = Vec::new();
     for (component, name, binary) in binaries {
         let entry = format!("/usr/local/bin/{name}");

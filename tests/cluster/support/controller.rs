@@ -24,7 +24,7 @@ use spawner::names;
 
 use super::TestEnv;
 
-/// The app image of the tests: `serve` answers HTTP on $PORT (tests/apps/spawner-netcheck.rs).
+/// The app image of the tests: `serve` answers HTTP on $PORT (tests/apps/netcheck/src/main.rs).
 pub const APP_IMAGE: &str = "localhost/spawner/netcheck:0.1.0";
 
 /// Installs what the controller needs in the cluster once per test process: the generated CRD,
