@@ -11,6 +11,9 @@
 //!    overhead <= 100 ms. Needs the images (`cargo xtask images`); skipped with a message if the
 //!    sidecar image is not on the node.
 //!
+//! The API server's `apiserver_request_total` gives the writes each side's burst costs, per
+//! backend (its own and the cluster components', e.g. the scheduler's).
+//!
 //! Not a test: it asserts nothing about time; it prints a report, and fails only when
 //! something breaks (a backend never gets its pod, a watch fails).
 
@@ -27,6 +30,7 @@ use spawner::controllers::pod::SidecarConfig;
 use spawner::crd::SessionLivedBackend;
 
 use crate::support::controller::*;
+use crate::support::writes::{api_writes, writes_per};
 use crate::support::{self, TestEnv};
 
 fn setting(name: &str, default: usize) -> usize {
@@ -102,13 +106,22 @@ fn bench_backend(name: &str, shape: Shape) -> SessionLivedBackend {
     )
 }
 
-async fn burst(n: usize, concurrency: usize, shape: Shape) -> (Duration, Duration) {
+/// One side of the burst: the time until every child exists, and the API writes made meanwhile
+/// (everyone's: the side's own and the cluster's components'), per backend.
+struct Side {
+    elapsed: Duration,
+    writes: f64,
+    detail: String,
+}
+
+async fn burst(n: usize, concurrency: usize, shape: Shape) -> (Side, Side) {
     let names: HashSet<String> = (0..n).map(|i| format!("b{i:04}")).collect();
 
     // The raw client: the very Pods and Services the controller builds, without owner
     // references (there is no backend to own them).
     let raw = TestEnv::new("bench-raw").await;
     prepare(&raw).await;
+    let before = api_writes(&raw.client).await;
     let raw_elapsed = time_until_children_exist(&raw, &names, shape.services, async {
         stream::iter(names.iter().cloned())
             .for_each_concurrent(concurrency, |name| {
@@ -120,6 +133,8 @@ async fn burst(n: usize, concurrency: usize, shape: Shape) -> (Duration, Duratio
             .await;
     })
     .await;
+    let (writes, detail) = writes_per(&before, &api_writes(&raw.client).await, n);
+    let raw_side = Side { elapsed: raw_elapsed, writes, detail };
     // The namespace's 500 Pods and Services are deleted before the controller's turn, not
     // during it.
     raw.delete_and_wait(Duration::from_secs(300)).await;
@@ -128,6 +143,7 @@ async fn burst(n: usize, concurrency: usize, shape: Shape) -> (Duration, Duratio
     prepare(&env).await;
     let controller = ControllerProcess::start(&env, &["--log-format=json"]);
     controller.wait_for_metric("spawner_controller_reconciles_total", Duration::from_secs(60)).await;
+    let before = api_writes(&env.client).await;
     let controller_elapsed = time_until_children_exist(&env, &names, shape.services, async {
         stream::iter(names.iter().cloned())
             .for_each_concurrent(concurrency, |name| {
@@ -139,8 +155,9 @@ async fn burst(n: usize, concurrency: usize, shape: Shape) -> (Duration, Duratio
             .await;
     })
     .await;
+    let (writes, detail) = writes_per(&before, &api_writes(&env.client).await, n);
     drop(controller);
-    (raw_elapsed, controller_elapsed)
+    (raw_side, Side { elapsed: controller_elapsed, writes, detail })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -258,10 +275,17 @@ async fn bench_controller() {
     println!("burst: {n} backends (auth {auth}, {made}), {concurrency} requests in flight");
     let (raw, controller) = burst(n, concurrency, shape).await;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    let ratio = rate(controller) / rate(raw);
-    println!("  raw client:  {raw:>8.2?}  {:>7.1} {made}/s", rate(raw));
-    println!("  controller:  {controller:>8.2?}  {:>7.1} backends/s", rate(controller));
+    let ratio = rate(controller.elapsed) / rate(raw.elapsed);
+    println!("  raw client:  {:>8.2?}  {:>7.1} {made}/s", raw.elapsed, rate(raw.elapsed));
+    println!("  controller:  {:>8.2?}  {:>7.1} backends/s", controller.elapsed, rate(controller.elapsed));
     println!("  ratio: {:.0}% of the raw client's throughput (target >= 80%)", ratio * 100.0);
+    println!("  API writes per backend until every child exists (apiserver_request_total, everyone's):");
+    println!("    raw client: {:.2} ({})", raw.writes, raw.detail);
+    println!("    controller: {:.2} ({})", controller.writes, controller.detail);
+    println!(
+        "    writes ratio: {:.0}% (the throughput ratio if each write costs the API server the same)",
+        raw.writes / controller.writes * 100.0
+    );
 
     if ready_count == 0 {
         return;

@@ -12,6 +12,7 @@ pub mod controller;
 mod env;
 #[path = "../../support/netcheck.rs"]
 pub mod netcheck;
+pub mod writes;
 
 use std::path::PathBuf;
 use std::process::Command;
