@@ -152,7 +152,10 @@ pub async fn reconcile(backend: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> 
                     _ => create_pod(&ctx, shaped, &namespace, &id).await,
                 }
             };
-            outcome = futures::try_join!(service_step, pod_step)?.1;
+            // Both to their end, as in `create_children`: no create dropped in flight.
+            let (service, pod) = futures::join!(service_step, pod_step);
+            outcome = pod?;
+            service?;
         }
     }
 
@@ -323,7 +326,13 @@ async fn create_children(
         children::ensure::<Secret>(ctx, backend, namespace).await?;
         children::create::<Pod>(ctx, backend, namespace).await
     };
-    let pod = futures::try_join!(service_step, pod_step)?.1;
+    // Both requests run to their end, not `try_join!`: a refused pod would drop the Service's
+    // create in flight, and the careful path that follows could read no Service, then create it
+    // a second time and fail with AlreadyExists (seen in CI: a reconcile error for a backend
+    // whose pod the API server refused).
+    let (service, pod) = futures::join!(service_step, pod_step);
+    let pod = pod?;
+    service?;
     Ok(pod.expect("every backend needs a pod"))
 }
 
