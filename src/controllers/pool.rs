@@ -67,9 +67,11 @@ pub async fn reconcile(pool: Arc<SessionLivedBackendPool>, ctx: Arc<Context>) ->
             Err(e) => return Err(Error::api("delete", "Pod", &id, e)),
         }
     }
-    let created =
-        futures::future::try_join_all((0..plan.create).map(|_| create_warm_pod(&ctx, &pool, &hash, &id))).await;
-    let created = match created {
+    // Every create runs to its end (`join_all`, not `try_join_all`): one failure would drop
+    // the others in flight, and a warm pod created without its token Secret would wait for
+    // that Secret's volume forever.
+    let results = futures::future::join_all((0..plan.create).map(|_| create_warm_pod(&ctx, &pool, &hash, &id))).await;
+    let created = match results.into_iter().collect::<Result<Vec<()>, Error>>() {
         // Pods deleted with their namespace trigger this reconcile again and again: quietly
         // wait for the pool to go the same way.
         Err(e) if e.namespace_terminating() => {
