@@ -119,6 +119,14 @@ pub fn controller_manager(layout: &Layout, bins: &Bins) -> Result<()> {
         "--kube-api-qps=200".into(),
         "--kube-api-burst=400".into(),
         "--leader-elect=false".into(),
+        // Without leader election this process lives through an API server outage (kubeadm's
+        // loses its lease, exits and starts afresh) and, once the API server is back, its node
+        // lifecycle controller finds the node's lease as old as the outage before its watch has
+        // caught up: past the default 50 s it marks the node Unknown and every pod NotReady,
+        // and Services (the proxy's NodePort among them) refuse connections until the kubelet
+        // reports again. With one node there is nowhere to move pods anyway. Seen in the outage
+        // test (a 90 s outage on a slow run).
+        "--node-monitor-grace-period=10m".into(),
         "--profiling=false".into(),
         "--v=1".into(),
     ];
