@@ -112,10 +112,15 @@ pub async fn take(
     namespace: &str,
 ) -> Result<Option<Taken>, Error> {
     let token = needs_token(shaped).then(secret::new_token);
-    let (pod, ()) = futures::try_join!(
+    // Both run to their end (`join!`, not `try_join!`): a failed Secret write would otherwise
+    // drop a take in flight, which may land unseen (the claim's safety read finds it, a
+    // reconcile later); a failed take leaves the Secret written for the reconcile's retry.
+    let (pod, written) = futures::join!(
         take_pod(ctx, shaped, pool, namespace),
         write_token(ctx, shaped, namespace, token.as_deref())
-    )?;
+    );
+    let pod = pod?;
+    written?;
     Ok(pod.map(|pod| Taken { pod, token }))
 }
 
@@ -258,7 +263,10 @@ pub async fn hand_over(
             None => write_token(ctx, shaped, namespace, token.as_deref()).await,
         }
     };
-    futures::try_join!(pushed, written)?;
+    // As in `take`: both run to their end, the push's error first.
+    let (pushed, written) = futures::join!(pushed, written);
+    pushed?;
+    written?;
     Ok(Some(mark))
 }
 
