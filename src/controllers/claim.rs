@@ -17,7 +17,7 @@
 //! status is only written after a push): then it is only marked.
 //!
 //! A claimed pod is found again by its backend label and owner ([`claimed_pod`]): its name is
-//! the warm pod's, not the backend's.
+//! the warm pod's, not the backend's, and the backend's `status.podName` says it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -73,8 +74,16 @@ pub async fn claimed_pod(ctx: &Context, backend: &SessionLivedBackend, namespace
     // reconciliation before this one may have finished the hand-over (and made the backend
     // Ready) a moment before the cache saw the mark, and handing over again would draw a new
     // token after clients read the old one.
-    if let Some(cache) = ctx.caches.get::<Pod>()
-        && let Some(pod) = cache.find(|p| mine(p))
+    // Keyed by the status's podName once a status named it; found by a scan of the cache only
+    // in the moment between a take and the status that follows it (and for backends whose
+    // status predates the field).
+    let cached = ctx.caches.get::<Pod>().and_then(|cache| {
+        (backend.status.as_ref().and_then(|s| s.pod_name.as_deref()))
+            .and_then(|pod| cache.get(&ObjectRef::new(pod).within(namespace)))
+            .filter(|pod| mine(pod))
+            .or_else(|| cache.find(|pod| mine(pod)))
+    });
+    if let Some(pod) = cached
         && (!is_warm(&pod) || handed_over(&pod, backend))
     {
         return Ok(Some((*pod).clone()));

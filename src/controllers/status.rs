@@ -144,6 +144,9 @@ pub fn derive_status(
         })
     });
 
+    if let Some(pod) = pod_ref {
+        new.pod_name = pod.metadata.name.clone();
+    }
     if let Some(node) = &node {
         new.node_name = Some(node.clone());
     }

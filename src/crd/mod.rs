@@ -51,6 +51,7 @@ pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i64 = 300;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the backend accepts connections"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","description":"Why the backend is not Ready (ErrImagePull, Unschedulable, StartupTimeout...)"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","description":"Where browsers reach the backend (through the reverse proxy)"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".status.podName","priority":1,"description":"The backend's pod (a warm pod's name when claimed from a pool)"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1,"description":"Node the backend's pod runs on"}"#,
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1,"description":"Why the backend is not Ready, in words"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

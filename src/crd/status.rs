@@ -36,6 +36,11 @@ pub struct SessionLivedBackendStatus {
     #[schemars(schema_with = "crate::crd::schema::conditions")]
     pub conditions: Vec<Condition>,
 
+    /// Name of the backend's pod: the backend's own name, or the warm pod's it claimed from its
+    /// pool (`kubectl get slab -o wide`). The controller finds a claimed pod again by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+
     /// Node the backend's pod runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,

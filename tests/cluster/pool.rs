@@ -211,6 +211,11 @@ async fn a_backend_takes_a_warm_pod_with_a_token_of_its_own_and_the_pool_refills
     assert_eq!(listed.items.len(), 1, "{:?}", names(&listed.items));
     let pod = &listed.items[0];
     assert!(warm.contains(&pod.name_any()), "{} is not one of the warm pods {warm:?}", pod.name_any());
+    // The status names it, and `kubectl get -o wide` shows it.
+    let ready = backends.get("alice").await.unwrap();
+    assert_eq!(ready.status.and_then(|s| s.pod_name), Some(pod.name_any()));
+    let wide = env.kubectl(&["get", "slab", "alice", "-o", "wide"]);
+    assert!(wide.lines().next().is_some_and(|l| l.contains("POD")) && wide.contains(&pod.name_any()), "{wide}");
     let owners = pod.owner_references();
     assert_eq!(owners.len(), 1, "one owner: {owners:?}");
     assert_eq!(
@@ -295,6 +300,11 @@ async fn concurrent_claims_never_share_a_pod_and_the_rest_start_cold() {
     assert!(claimed >= POOL as usize, "every warm pod was taken: {claimed} claimed of {POOL}");
     println!("{claimed} backends took a warm pod, {cold} started cold");
     assert_eq!(claimed + cold, BACKENDS);
+    // Each status names its backend's pod: the claimed warm pod's name, or its own when cold.
+    let statuses = backends.list(&ListParams::default()).await.unwrap().items;
+    let named: std::collections::BTreeMap<String, String> =
+        statuses.into_iter().map(|b| (b.name_any(), b.status.and_then(|s| s.pod_name).unwrap_or_default())).collect();
+    assert_eq!(named, by_backend);
     for (backend, pod) in &by_backend {
         let reason = if backend == pod { "ColdStart" } else { "Claimed" };
         wait_for_event(&env, backend, reason, WAIT).await;

@@ -288,3 +288,13 @@ fn api_times_are_truncated_to_seconds_as_the_api_server_stores_them() {
     let t = Timestamp::from_millisecond(1_500_999).unwrap();
     assert_eq!(time(t).0, at(1500));
 }
+
+#[test]
+fn the_status_names_the_pod_which_for_a_pool_backend_is_the_warm_pods() {
+    let (status, _) = derive(&SessionLivedBackend::test(), PodView::NotCreated, 1001);
+    assert_eq!(status.pod_name, None, "no pod yet");
+    let mut pod = Pod::test().scheduled_to("node-a");
+    pod.metadata.name = Some("pool-warm-x7k2p".into());
+    let (status, _) = derive(&SessionLivedBackend::test(), PodView::Exists(&pod), 1002);
+    assert_eq!(status.pod_name.as_deref(), Some("pool-warm-x7k2p"));
+}
