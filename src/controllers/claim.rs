@@ -78,7 +78,8 @@ pub async fn claimed_pod(ctx: &Context, backend: &SessionLivedBackend, namespace
     // in the moment between a take and the status that follows it (and for backends whose
     // status predates the field).
     let cached = ctx.caches.get::<Pod>().and_then(|cache| {
-        (backend.status.as_ref().and_then(|s| s.pod_name.as_deref()))
+        let named = backend.status.as_ref().and_then(|s| s.pod_name.as_deref());
+        named
             .and_then(|pod| cache.get(&ObjectRef::new(pod).within(namespace)))
             .filter(|pod| mine(pod))
             .or_else(|| cache.find(|pod| mine(pod)))
