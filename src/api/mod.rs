@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -207,7 +208,12 @@ pub struct Options {
 }
 
 /// Runs the API until `stop`: the backend and key watches and the HTTP server.
-pub async fn run(options: Options, stop: CancellationToken) -> Result<(), Error> {
+/// Boxed: see the crate docs, "Boxed entry points".
+pub fn run(options: Options, stop: CancellationToken) -> BoxFuture<'static, Result<(), Error>> {
+    Box::pin(running(options, stop))
+}
+
+async fn running(options: Options, stop: CancellationToken) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|source| Error::Bind { addr: options.addr, source })?;

@@ -6,7 +6,9 @@
 //! generic instances across crates), so binaries that share most of their code (kube,
 //! k8s-openapi, hyper) paid that code generation once each — with thin LTO, which optimized
 //! everything a binary reaches, 408 s of CPU for the controller's, sweeper's, API's and router's
-//! links against 98 s for the four as one (`cargo build --release --timings`). The router keeps a
+//! links against 98 s for the four as one (`cargo build --release --timings`). (The components'
+//! entry points are boxed since, so most of that code is compiled once, in the library — see the
+//! crate docs; the one binary still ships it once for the three images.) The router keeps a
 //! binary of its own: it runs in the reverse proxy's pod,
 //! which a deploy should restart only when the router itself changed (a restart closes the
 //! users' WebSockets); so do the sidecar, which runs in every backend pod, and the demo's apps.

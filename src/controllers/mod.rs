@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::Controller;
@@ -130,7 +131,12 @@ pub struct Options {
 
 /// Runs the controller until `stop` is cancelled (SIGTERM), then finishes the reconciliations
 /// in flight, releases the Lease and stops the HTTP endpoints.
-pub async fn run(client: Client, options: Options, stop: CancellationToken) -> Result<(), RunError> {
+/// Boxed: see the crate docs, "Boxed entry points".
+pub fn run(client: Client, options: Options, stop: CancellationToken) -> BoxFuture<'static, Result<(), RunError>> {
+    Box::pin(running(client, options, stop))
+}
+
+async fn running(client: Client, options: Options, stop: CancellationToken) -> Result<(), RunError> {
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::default().register(&mut registry);
     let health = Arc::new(http::Health::default());

@@ -23,6 +23,7 @@ mod verdict;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use k8s_openapi::jiff::Timestamp;
@@ -288,7 +289,12 @@ pub struct Options {
 }
 
 /// Runs the router until `stop`: the watch, the lookups and the metrics port.
-pub async fn run(options: Options, stop: CancellationToken) -> Result<(), Error> {
+/// Boxed: see the crate docs, "Boxed entry points".
+pub fn run(options: Options, stop: CancellationToken) -> BoxFuture<'static, Result<(), Error>> {
+    Box::pin(running(options, stop))
+}
+
+async fn running(options: Options, stop: CancellationToken) -> Result<(), Error> {
     let bind =
         |addr| async move { tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source }) };
     let route_listener = bind(options.route_addr).await?;

@@ -67,7 +67,12 @@ pub struct Options {
 
 /// Runs the sweeper until `shutdown`; then stops following (no sweep is left half-decided: the
 /// next sweeper recomputes every deadline from the sidecars' relative idle times).
-pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+/// Boxed: see the crate docs, "Boxed entry points".
+pub fn run(options: Options, shutdown: CancellationToken) -> BoxFuture<'static, Result<(), Error>> {
+    Box::pin(running(options, shutdown))
+}
+
+async fn running(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = Metrics::new();
     let listener = metrics::bind(options.metrics_addr).await?;
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
