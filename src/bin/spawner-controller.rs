@@ -23,7 +23,7 @@ struct Cli {
     #[arg(long, env = "SPAWNER_NAMESPACE")]
     namespace: Option<String>,
 
-    /// Base of the URLs written to status.url: <base-url>/p/<namespace>/<name>/.
+    /// Base of the URLs written to status.url: BASE_URL/p/NAMESPACE/NAME/.
     #[arg(long, env = "SPAWNER_BASE_URL", default_value = context::DEFAULT_BASE_URL)]
     base_url: String,
 

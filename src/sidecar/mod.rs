@@ -5,7 +5,7 @@
 //!   ([`splice`]) to the app on 127.0.0.1.
 //! - [`state`]: live-connection accounting and readiness ([`readiness`]), published as the event
 //!   stream of [`event`] on the admin port ([`admin`]) with health and [`metrics`].
-//! - [`run`]: both listeners and the graceful shutdown.
+//! - [`Sidecar::run`]: both listeners and the graceful shutdown.
 
 pub mod admin;
 pub mod auth;

@@ -1,6 +1,6 @@
 //! Readiness: the app is ready when it accepts TCP connections on its port. Probed with
 //! exponential backoff while it is not (so a fast-starting app is seen within milliseconds), and
-//! every [`READY_INTERVAL`] once it is (so a crash is noticed); a refused connection on the proxy
+//! every `READY_INTERVAL` once it is (so a crash is noticed); a refused connection on the proxy
 //! path also marks it not ready at once.
 
 use std::net::SocketAddr;

@@ -192,8 +192,8 @@ fn ensure_claim_key(kubeconfig: &PathBuf) -> Result<()> {
 }
 
 /// Waits until each CRD is Established. Not `kubectl wait --for=condition=Established`: on a CRD
-/// whose status has no conditions yet, that fails at once instead of waiting (".status.conditions
-/// accessor error: <nil> is of the type <nil>", seen in CI right after the apply on a new kind
+/// whose status has no conditions yet, that fails at once instead of waiting (`.status.conditions
+/// accessor error: <nil> is of the type <nil>`, seen in CI right after the apply on a new kind
 /// cluster).
 fn wait_established(kubeconfig: &PathBuf, crds: &[&str]) -> Result<()> {
     const TIMEOUT: Duration = Duration::from_secs(60);

@@ -239,7 +239,7 @@ pub fn status() -> Result<()> {
     Ok(())
 }
 
-/// Loads an OCI image-layout tar (see [`crate::oci::build_image`]) into the cluster's containerd
+/// Loads an OCI image-layout tar (see [`crate::oci::build_image_to`]) into the cluster's containerd
 /// (namespace `k8s.io`), so pods can use it with `imagePullPolicy: IfNotPresent` or `Never`.
 #[allow(dead_code)] // API for `cargo xtask images` / e2e
 pub fn load_image(tar: &Path) -> Result<()> {

@@ -13,7 +13,7 @@ use super::{
     proc, run, run_quiet, wait_for, write_file,
 };
 
-/// Network name in the CNI config (libcni caches results under /var/lib/cni/results/<name>-*).
+/// Network name in the CNI config (libcni caches results under `/var/lib/cni/results/<name>-*`).
 const CNI_NETWORK: &str = "spawner";
 
 /// The cni0 bridge carries NODE_IP (the API server's advertised address and the node IP), so it
