@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use xshell::{Shell, cmd};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use crate::images::Pinned;
 
@@ -191,27 +192,36 @@ fn ensure_claim_key(kubeconfig: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Waits until each CRD is Established. Not `kubectl wait --for=condition=Established`: on a CRD
-/// whose status has no conditions yet, that fails at once instead of waiting (`.status.conditions
-/// accessor error: <nil> is of the type <nil>`, seen in CI right after the apply on a new kind
-/// cluster).
+/// Waits until each CRD is Established. Neither `kubectl wait --for=condition=Established` nor a
+/// JSONPath filter on the conditions: on a CRD whose status has no conditions yet, both fail at
+/// once instead of waiting (`.status.conditions accessor error: <nil> is of the type <nil>`, and
+/// `<nil> is not array or slice and cannot be filtered`, each seen in CI right after the apply on
+/// a new kind cluster). The CRD is read whole and its conditions looked at here.
 fn wait_established(kubeconfig: &PathBuf, crds: &[&str]) -> Result<()> {
     const TIMEOUT: Duration = Duration::from_secs(60);
     let deadline = Instant::now() + TIMEOUT;
     for crd in crds {
         loop {
-            let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
-            let status = kubectl(kubeconfig, &["get", crd, "-o", established])?;
-            if status.trim() == "True" {
+            let status = established(&kubectl(kubeconfig, &["get", crd, "-o", "json"])?)
+                .with_context(|| format!("reading {crd}"))?;
+            if status.as_deref() == Some("True") {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{crd} is not Established after {TIMEOUT:?} (Established: {:?})", status.trim());
+                bail!("{crd} is not Established after {TIMEOUT:?} (Established: {status:?})");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     Ok(())
+}
+
+/// The status of a CRD's `Established` condition (`kubectl get crd -o json`), `None` before the
+/// API server has written it.
+fn established(crd_json: &str) -> Result<Option<String>> {
+    let crd: CustomResourceDefinition = serde_json::from_str(crd_json)?;
+    let conditions = crd.status.and_then(|status| status.conditions).unwrap_or_default();
+    Ok(conditions.into_iter().find(|c| c.type_ == "Established").map(|c| c.status))
 }
 
 pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
@@ -233,6 +243,34 @@ pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn a_crd_is_established_only_once_its_condition_says_so() {
+        let crd = |status: &str| {
+            format!(
+                r#"{{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+                "metadata":{{"name":"sessionlivedbackends.spawner.dev"}},
+                "spec":{{"group":"spawner.dev","names":{{"kind":"SessionLivedBackend","plural":"sessionlivedbackends"}},
+                         "scope":"Namespaced","versions":[]}}{status}}}"#
+            )
+        };
+        // Right after the apply: no status, or a status without conditions (`conditions: null`).
+        assert_eq!(established(&crd("")).unwrap(), None);
+        assert_eq!(established(&crd(r#","status":{"conditions":null,"storedVersions":["v1"]}"#)).unwrap(), None);
+        let condition = |type_: &str, status: &str| {
+            format!(
+                r#"{{"type":"{type_}","status":"{status}","lastTransitionTime":"2026-12-02T06:30:00Z","reason":"r","message":"m"}}"#
+            )
+        };
+        let with = |conditions: &[String]| crd(&format!(r#","status":{{"conditions":[{}]}}"#, conditions.join(",")));
+        assert_eq!(established(&with(&[condition("NamesAccepted", "True")])).unwrap(), None);
+        assert_eq!(
+            established(&with(&[condition("NamesAccepted", "True"), condition("Established", "False")])).unwrap(),
+            Some("False".to_string())
+        );
+        assert_eq!(established(&with(&[condition("Established", "True")])).unwrap(), Some("True".to_string()));
+        assert!(established("not json").is_err());
+    }
 
     #[test]
     fn the_overlay_pins_each_image_by_its_content_tag() {
