@@ -9,6 +9,7 @@ use xshell::{Shell, cmd};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::wait::{Condition, conditions::is_crd_established};
 
 use crate::images::Pinned;
 
@@ -196,19 +197,19 @@ fn ensure_claim_key(kubeconfig: &PathBuf) -> Result<()> {
 /// JSONPath filter on the conditions: on a CRD whose status has no conditions yet, both fail at
 /// once instead of waiting (`.status.conditions accessor error: <nil> is of the type <nil>`, and
 /// `<nil> is not array or slice and cannot be filtered`, each seen in CI right after the apply on
-/// a new kind cluster). The CRD is read whole and its conditions looked at here.
+/// a new kind cluster). The CRD is read whole and judged by kube's own `is_crd_established`.
 fn wait_established(kubeconfig: &PathBuf, crds: &[&str]) -> Result<()> {
     const TIMEOUT: Duration = Duration::from_secs(60);
     let deadline = Instant::now() + TIMEOUT;
     for crd in crds {
         loop {
-            let status = established(&kubectl(kubeconfig, &["get", crd, "-o", "json"])?)
-                .with_context(|| format!("reading {crd}"))?;
-            if status.as_deref() == Some("True") {
+            if established(&kubectl(kubeconfig, &["get", crd, "-o", "json"])?)
+                .with_context(|| format!("reading {crd}"))?
+            {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{crd} is not Established after {TIMEOUT:?} (Established: {status:?})");
+                bail!("{crd} is not Established after {TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -216,12 +217,11 @@ fn wait_established(kubeconfig: &PathBuf, crds: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The status of a CRD's `Established` condition (`kubectl get crd -o json`), `None` before the
-/// API server has written it.
-fn established(crd_json: &str) -> Result<Option<String>> {
+/// Whether the CRD of `crd_json` (`kubectl get crd -o json`) is Established; not before the API
+/// server has written the condition.
+fn established(crd_json: &str) -> Result<bool> {
     let crd: CustomResourceDefinition = serde_json::from_str(crd_json)?;
-    let conditions = crd.status.and_then(|status| status.conditions).unwrap_or_default();
-    Ok(conditions.into_iter().find(|c| c.type_ == "Established").map(|c| c.status))
+    Ok(is_crd_established().matches_object(Some(&crd)))
 }
 
 pub fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> Result<String> {
@@ -255,20 +255,17 @@ mod tests {
             )
         };
         // Right after the apply: no status, or a status without conditions (`conditions: null`).
-        assert_eq!(established(&crd("")).unwrap(), None);
-        assert_eq!(established(&crd(r#","status":{"conditions":null,"storedVersions":["v1"]}"#)).unwrap(), None);
+        assert!(!established(&crd("")).unwrap());
+        assert!(!established(&crd(r#","status":{"conditions":null,"storedVersions":["v1"]}"#)).unwrap());
         let condition = |type_: &str, status: &str| {
             format!(
                 r#"{{"type":"{type_}","status":"{status}","lastTransitionTime":"2026-12-02T06:30:00Z","reason":"r","message":"m"}}"#
             )
         };
         let with = |conditions: &[String]| crd(&format!(r#","status":{{"conditions":[{}]}}"#, conditions.join(",")));
-        assert_eq!(established(&with(&[condition("NamesAccepted", "True")])).unwrap(), None);
-        assert_eq!(
-            established(&with(&[condition("NamesAccepted", "True"), condition("Established", "False")])).unwrap(),
-            Some("False".to_string())
-        );
-        assert_eq!(established(&with(&[condition("Established", "True")])).unwrap(), Some("True".to_string()));
+        assert!(!established(&with(&[condition("NamesAccepted", "True")])).unwrap());
+        assert!(!established(&with(&[condition("NamesAccepted", "True"), condition("Established", "False")])).unwrap());
+        assert!(established(&with(&[condition("NamesAccepted", "True"), condition("Established", "True")])).unwrap());
         assert!(established("not json").is_err());
     }
 
